@@ -1,0 +1,198 @@
+"""Uniform weight quantizer: scales, zero points, rounding, clipping, size accounting.
+
+A weight of any rank is viewed as a matrix (rows = dim 0, K = the rest flattened)
+and quantized in groups of `group_size` consecutive values along K; when K is
+smaller than the group size the whole row is one group (per output channel).
+The last group of a row may be partial when K is not a multiple of the group size.
+
+Scales are stored (and applied) in fp16, so the fake-quantized weight equals what
+the packed kernels compute.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
+FULL_PRECISION_BITS = 16
+SCALE_BITS = 16
+_MIN_SCALE = 1e-6  # keeps fp16 scales away from zero; groups this flat are zero anyway
+_CLIP_GRID = 20  # MSE clipping tries ratios 1.0, 0.975, ... down to 0.525
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How one weight is quantized. `bits=16` means left in 16-bit."""
+
+    bits: int
+    group_size: int = 128
+    symmetric: bool = False
+    mse_clip: bool = False
+
+    def __post_init__(self):
+        if self.bits not in WEIGHT_BITS:
+            raise ValueError(f"bits must be one of {WEIGHT_BITS}, got {self.bits}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits < FULL_PRECISION_BITS
+
+    @property
+    def zero_bits(self) -> int:
+        """Bits stored per group for the zero point (packed, same width as the codes)."""
+        return 0 if self.symmetric else self.bits
+
+    def group_size_for(self, k: int) -> int:
+        """Effective group size along K: per output channel when K is smaller."""
+        return min(self.group_size, k)
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """Integer codes with per-group fp16 scales and integer zero points.
+
+    codes: (rows, K) uint8 in [0, 2^bits - 1]; scales: (rows, groups) fp16;
+    zeros: (rows, groups) uint8. value = (code - zero) * scale.
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    shape: tuple[int, ...]
+    config: QuantConfig
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        g = self.config.group_size_for(self.codes.shape[1])
+        scale = _expand_groups(self.scales.float(), g, self.codes.shape[1])
+        zero = _expand_groups(self.zeros.float(), g, self.codes.shape[1])
+        return ((self.codes.float() - zero) * scale).reshape(self.shape).to(dtype)
+
+
+def as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """(rows, K) view of a weight: Linear (out, in), Conv (out, in*kh*kw), Embedding (n, d)."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+def num_groups(k: int, config: QuantConfig) -> int:
+    return math.ceil(k / config.group_size_for(k))
+
+
+def quantize(weight: torch.Tensor, config: QuantConfig) -> QuantizedWeight:
+    """Quantize `weight` (any float dtype) to integer codes; requires bits < 16."""
+    if not config.quantized:
+        raise ValueError("16-bit is not quantized; keep the weight as it is")
+    w = as_matrix(weight.detach()).float()
+    rows, k = w.shape
+    g = config.group_size_for(k)
+    padded = _pad_to_groups(w, g)  # (rows, groups, g), padding repeats the last value
+    scales, zeros = _search_params(padded, config)
+    codes = _codes(padded, scales, zeros, config).reshape(rows, -1)[:, :k]
+    return QuantizedWeight(
+        codes=codes.to(torch.uint8),
+        scales=scales.half(),
+        zeros=zeros.to(torch.uint8),
+        shape=tuple(weight.shape),
+        config=config,
+    )
+
+
+def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
+    """Q_b(W): quantize then dequantize, same shape and dtype as `weight`."""
+    if not config.quantized:
+        return weight.detach().clone()
+    return quantize(weight, config).dequantize(weight.dtype)
+
+
+def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
+    """‖Q_b(W) − W‖², accumulated in float64."""
+    delta = fake_quantize(weight, config).double() - weight.detach().double()
+    return float(delta.pow(2).sum())
+
+
+def weight_bits(shape: tuple[int, ...], config: QuantConfig) -> int:
+    """Total stored bits of a weight: codes plus per-group scales and zero points."""
+    rows = shape[0]
+    k = math.prod(shape[1:])
+    if not config.quantized:
+        return rows * k * FULL_PRECISION_BITS
+    overhead = rows * num_groups(k, config) * (SCALE_BITS + config.zero_bits)
+    return rows * k * config.bits + overhead
+
+
+def bits_per_weight(shape: tuple[int, ...], config: QuantConfig) -> float:
+    """Average stored bits per weight including the scale and zero overhead
+    (e.g. 4-bit, g=128, asymmetric: 4 + (16 + 4)/128 = 4.156)."""
+    return weight_bits(shape, config) / math.prod(shape)
+
+
+def weight_bytes(shape: tuple[int, ...], config: QuantConfig) -> float:
+    return weight_bits(shape, config) / 8
+
+
+# --- internals -----------------------------------------------------------------
+
+
+def _pad_to_groups(w: torch.Tensor, g: int) -> torch.Tensor:
+    rows, k = w.shape
+    pad = -k % g
+    if pad:
+        w = torch.cat([w, w[:, -1:].expand(rows, pad)], dim=1)
+    return w.reshape(rows, -1, g)
+
+
+def _expand_groups(per_group: torch.Tensor, g: int, k: int) -> torch.Tensor:
+    return per_group.repeat_interleave(g, dim=1)[:, :k]
+
+
+def _levels(config: QuantConfig) -> int:
+    return 2**config.bits - 1
+
+
+def _params_for_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig):
+    """Scale (fp16-rounded, as stored) and zero point for a per-group range [lo, hi]."""
+    qmax = _levels(config)
+    if config.symmetric:
+        half = 2 ** (config.bits - 1)
+        absmax = torch.maximum(lo.abs(), hi.abs())
+        scale = (absmax / (half - 1 if half > 1 else 1)).clamp_min(_MIN_SCALE)
+        zero = torch.full_like(scale, float(half))
+    else:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # zero stays exactly representable
+        scale = ((hi - lo) / qmax).clamp_min(_MIN_SCALE)
+        scale = scale.half().float()
+        zero = torch.round(-lo / scale).clamp(0, qmax)
+    return scale.half().float(), zero
+
+
+def _codes(padded, scale, zero, config):
+    q = torch.round(padded / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return q.clamp(0, _levels(config))
+
+
+def _dequant(codes, scale, zero):
+    return (codes - zero.unsqueeze(-1)) * scale.unsqueeze(-1)
+
+
+def _search_params(padded: torch.Tensor, config: QuantConfig):
+    lo, hi = padded.amin(dim=-1), padded.amax(dim=-1)
+    scale, zero = _params_for_range(lo, hi, config)
+    if not config.mse_clip:
+        return scale, zero
+    best_err = _group_error(padded, scale, zero, config)
+    for i in range(1, _CLIP_GRID):
+        ratio = 1.0 - i / (_CLIP_GRID * 2)
+        s, z = _params_for_range(lo * ratio, hi * ratio, config)
+        err = _group_error(padded, s, z, config)
+        better = err < best_err
+        scale, zero = torch.where(better, s, scale), torch.where(better, z, zero)
+        best_err = torch.where(better, err, best_err)
+    return scale, zero
+
+
+def _group_error(padded, scale, zero, config):
+    return (_dequant(_codes(padded, scale, zero, config), scale, zero) - padded).pow(2).sum(-1)

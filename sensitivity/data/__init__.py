@@ -1,0 +1,1 @@
+"""Calibration and evaluation data shipped with, or bundled beside, bitalloc."""

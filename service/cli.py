@@ -1,0 +1,183 @@
+"""`bitalloc`: the command line. `run` runs the whole pipeline locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from service.progress_bar import ProgressPrinter
+
+EXIT_JOB_FAILED = 1
+EXIT_BAD_REQUEST = 2
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what is allowed."""
+
+
+def parse_budgets(items: list[str]) -> dict[str, float]:
+    """`avg_bits=4` or `avg_bits=4,size_mb=1.5` (repeatable) → {kind: limit}."""
+    budgets: dict[str, float] = {}
+    for item in items:
+        for part in filter(None, item.split(",")):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"malformed budget {part!r}: expected KIND=NUMBER, e.g. avg_bits=4")
+            try:
+                budgets[key.strip()] = float(value)
+            except ValueError:
+                raise UsageError(f"budget {key.strip()!r} needs a number, got {value!r}") from None
+    return budgets
+
+
+def parse_assignments(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"malformed {what} {item!r}: expected LAYER=VALUE")
+        out[name] = value
+    return out
+
+
+def parse_bits_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """Method parameters `key=value`, the value read as JSON when it parses (numbers)."""
+    params: dict[str, object] = {}
+    for key, value in parse_assignments(items, "method parameter").items():
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def build_spec(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from workers.spec import JobSpec
+
+    spec = {
+        "model": args.model,
+        "method": args.method,
+        "method_params": parse_params(args.param),
+        "budgets": parse_budgets(args.budget),
+        "quant": {"group_size": args.group_size, "symmetric": args.symmetric,
+                  "mse_clip": args.mse_clip},
+        "overrides": {
+            "pins": {k: parse_bits_list(v, "pin")[0]
+                     for k, v in parse_assignments(args.pin, "pin").items()},
+            "allowed": {k: parse_bits_list(v.replace("/", ","), "allowed widths")
+                        for k, v in parse_assignments(args.allow, "allow").items()},
+            "exclude": args.exclude,
+        },
+        "seed": args.seed,
+    }
+    if args.bits:
+        spec["weight_bits"] = parse_bits_list(args.bits, "--bits")
+    try:
+        return JobSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise UsageError(_one_line(exc)) from None
+
+
+def _one_line(exc) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    from sensitivity.estimators import method_names
+    from sensitivity.models import model_names
+    from workers.pipeline import JobError, run_job
+
+    if spec.model not in model_names():
+        raise UsageError(f"unknown model {spec.model!r}; built-in models: {', '.join(model_names())}")
+    if spec.method not in method_names():
+        raise UsageError(f"unknown method {spec.method!r}; methods: {', '.join(method_names())}")
+    try:
+        result = run_job(spec, ProgressPrinter())
+    except (JobError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    print_report(result)
+    if args.json:
+        Path(args.json).write_text(result.model_dump_json(indent=2))
+        print(f"\nresult written to {args.json}")
+    return 0
+
+
+def print_report(result) -> None:
+    print(f"\n{result.model['name']}: {result.model['description']}")
+    print(f"{'layer':<44} {'params':>10} {'bits':>5} {'Ω':>11}  {'trace ± error':<24}")
+    for layer in result.layers:
+        st = layer.stats
+        trace = f"{st['trace']:.4g} ± {st['trace_se']:.2g}" if "trace" in st else ""
+        print(f"{layer.name:<44} {layer.params:>10,} {layer.w_bits:>5} {layer.omega:>11.4g}  {trace:<24}")
+    if result.unused_layers:
+        print(f"unused (left unquantized): {', '.join(result.unused_layers)}")
+    s, q = result.summary, result.quality
+    print(f"\nsize {s.size_bytes / 1e6:.3f} MB (full precision {s.full_precision_bytes / 1e6:.3f} MB);"
+          f" average bits {s.avg_bits:.3f} with overhead, {s.avg_bits_no_overhead:.3f} without")
+    for kind, (used, limit) in result.solver.budget_use.items():
+        print(f"budget {kind}: {used:.6g} of {limit:.6g}")
+    print(f"solver: {result.solver.status}, objective {result.solver.objective:.4g}, "
+          f"{result.solver.solve_time_s * 1000:.0f} ms ({result.solver.backend})")
+    m = q.metric
+    print(f"quality ({m}): full precision {q.full_precision[m]:.3f} | "
+          f"uniform {q.uniform_bits}-bit ({q.uniform_size_bytes / 1e6:.3f} MB) {q.uniform[m]:.3f} | "
+          f"allocation {q.allocation[m]:.3f}")
+    others = [k for k in q.full_precision if k != m]
+    for k in others:
+        print(f"  {k}: full precision {q.full_precision[k]:.4g} | uniform {q.uniform[k]:.4g} | "
+              f"allocation {q.allocation[k]:.4g}")
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bitalloc", description="Mixed-precision bit allocation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline locally, no service")
+    run.add_argument("--model", required=True, help="built-in model: digits-cnn, minilm")
+    run.add_argument("--budget", action="append", required=True,
+                     help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms")
+    run.add_argument("--method", default="hawq_v2", help="sensitivity method (default hawq_v2)")
+    run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="method parameter, e.g. tol=0.05, max_probes=50")
+    run.add_argument("--bits", help="candidate weight widths, e.g. 2,3,4,8,16 (default all)")
+    run.add_argument("--pin", action="append", default=[], metavar="LAYER=BITS")
+    run.add_argument("--allow", action="append", default=[], metavar="LAYER=B1/B2")
+    run.add_argument("--exclude", action="append", default=[], metavar="LAYER",
+                     help="leave this layer in 16-bit")
+    run.add_argument("--group-size", type=int, default=128)
+    run.add_argument("--symmetric", action="store_true")
+    run.add_argument("--mse-clip", action="store_true", help="MSE-optimal clipping")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_REQUEST
+
+
+if __name__ == "__main__":
+    sys.exit(main())

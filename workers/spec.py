@@ -1,0 +1,146 @@
+"""What a job asks for (`JobSpec`) and what it returns (`JobResult`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
+BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms")
+MB = 1_000_000  # budgets in MB are decimal megabytes
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuantSettings(_Strict):
+    group_size: int = Field(128, ge=1, le=65536)
+    symmetric: bool = False
+    mse_clip: bool = False
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be one of {list(WEIGHT_BITS)}, got {bits}")
+    return bits
+
+
+class Overrides(_Strict):
+    """Per-layer control: pin a layer's bits, restrict its widths, or leave it at 16."""
+
+    pins: dict[str, int] = Field(default_factory=dict, max_length=10_000)
+    allowed: dict[str, list[int]] = Field(default_factory=dict, max_length=10_000)
+    exclude: list[str] = Field(default_factory=list, max_length=10_000)
+
+    @field_validator("pins")
+    @classmethod
+    def _pins(cls, pins):
+        return {k: _check_bits(v) for k, v in pins.items()}
+
+    @field_validator("allowed")
+    @classmethod
+    def _allowed(cls, allowed):
+        for name, bits in allowed.items():
+            if not bits:
+                raise ValueError(f"allowed widths for {name!r} are empty")
+            for b in bits:
+                _check_bits(b)
+        return allowed
+
+
+class JobSpec(_Strict):
+    model: str = Field(min_length=1, max_length=200)
+    method: str = Field("hawq_v2", min_length=1, max_length=50)
+    method_params: dict[str, Any] = Field(default_factory=dict, max_length=50)
+    budgets: dict[str, float] = Field(min_length=1, max_length=len(BUDGET_KEYS))
+    weight_bits: list[int] = Field(default_factory=lambda: list(WEIGHT_BITS), min_length=1)
+    quant: QuantSettings = Field(default_factory=QuantSettings)
+    overrides: Overrides = Field(default_factory=Overrides)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets):
+        for key, value in budgets.items():
+            if key not in BUDGET_KEYS:
+                raise ValueError(f"unknown budget {key!r}; budgets: {', '.join(BUDGET_KEYS)}")
+            if not value > 0:
+                raise ValueError(f"budget {key} must be positive, got {value}")
+        if "size_mb" in budgets and "size_bytes" in budgets:
+            raise ValueError("give the size budget once: size_mb or size_bytes")
+        return budgets
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _weight_bits(cls, bits):
+        return sorted({_check_bits(b) for b in bits})
+
+    @model_validator(mode="after")
+    def _avg_bits_range(self):
+        avg = self.budgets.get("avg_bits")
+        if avg is not None and not 1 <= avg <= 32:
+            raise ValueError(f"avg_bits must be between 1 and 32, got {avg}")
+        return self
+
+    def solver_budgets(self) -> dict[str, float]:
+        """Budgets in the solver's units (MB turned into bytes)."""
+        out = {k: v for k, v in self.budgets.items() if k != "size_mb"}
+        if "size_mb" in self.budgets:
+            out["size_bytes"] = self.budgets["size_mb"] * MB
+        return out
+
+
+class LayerResult(BaseModel):
+    name: str
+    kind: str
+    shape: list[int]
+    params: int
+    macs: int
+    group: str | None
+    w_bits: int
+    a_bits: int
+    bits_per_weight: float  # overhead included
+    bytes: float
+    omega: float  # Ω of the chosen width
+    omega_by_bits: dict[str, float]  # "w4a16" -> Ω
+    stats: dict[str, float]  # estimator statistics (trace, its standard error, probes, ...)
+
+
+class Quality(BaseModel):
+    metric: str  # the headline metric
+    full_precision: dict[str, float]
+    allocation: dict[str, float]
+    uniform: dict[str, float]
+    uniform_bits: int  # width of the uniform model compared against
+    uniform_size_bytes: float
+
+
+class Summary(BaseModel):
+    size_bytes: float  # whole model: quantized layers + everything else at stored dtype
+    full_precision_bytes: float
+    quantized_layer_bytes: float
+    avg_bits: float  # over quantizable params, scale and zero overhead included
+    avg_bits_no_overhead: float
+    bops: float
+
+
+class SolverReport(BaseModel):
+    status: str
+    objective: float
+    solve_time_s: float
+    backend: str
+    budget_use: dict[str, list[float]]  # kind -> [used, limit]
+
+
+class JobResult(BaseModel):
+    spec: JobSpec
+    model: dict[str, Any]  # name, description and facts of the loaded model
+    layers: list[LayerResult]
+    unused_layers: list[str]  # no gradient path to the loss: left unquantized
+    summary: Summary
+    solver: SolverReport
+    quality: Quality
+    sensitivity: dict[str, Any]  # estimator metadata: method, params, HVPs, seconds
+    timings: dict[str, float]  # seconds per stage
