@@ -47,6 +47,12 @@ class QuantConfig:
         """Bits stored per group for the zero point (packed, same width as the codes)."""
         return 0 if self.symmetric else self.bits
 
+    @property
+    def min_code(self) -> int:
+        """Symmetric mode uses the restricted range (code − zero) ∈ [−(2^(b−1)−1), 2^(b−1)−1],
+        so the grid is symmetric and re-quantizing gives the same scale."""
+        return 1 if self.symmetric else 0
+
     def group_size_for(self, k: int) -> int:
         """Effective group size along K: per output channel when K is smaller."""
         return min(self.group_size, k)
@@ -159,19 +165,32 @@ def _params_for_range(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig):
     if config.symmetric:
         half = 2 ** (config.bits - 1)
         absmax = torch.maximum(lo.abs(), hi.abs())
-        scale = (absmax / (half - 1 if half > 1 else 1)).clamp_min(_MIN_SCALE)
+        scale = (absmax / (half - 1)).clamp_min(_MIN_SCALE)
         zero = torch.full_like(scale, float(half))
     else:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # zero stays exactly representable
-        scale = ((hi - lo) / qmax).clamp_min(_MIN_SCALE)
-        scale = scale.half().float()
+        scale = _fp16_not_above(((hi - lo) / qmax).clamp_min(_MIN_SCALE))
         zero = torch.round(-lo / scale).clamp(0, qmax)
+        return scale, zero
     return scale.half().float(), zero
+
+
+def _fp16_not_above(x: torch.Tensor) -> torch.Tensor:
+    """The largest fp16 value not above x (within float32 noise), as float32.
+
+    Rounding the asymmetric scale down keeps (hi − lo)/scale ≥ 2^b − 1, so the
+    group's extremes land on codes 0 and 2^b − 1: the grid is fully used, and
+    quantizing an already quantized weight gives it back unchanged."""
+    x = x * (1 + 1e-6)
+    s = x.half()
+    above = s.float() > x
+    s = torch.where(above, torch.nextafter(s, torch.zeros_like(s)), s)
+    return s.float()
 
 
 def _codes(padded, scale, zero, config):
     q = torch.round(padded / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
-    return q.clamp(0, _levels(config))
+    return q.clamp(config.min_code, _levels(config))
 
 
 def _dequant(codes, scale, zero):

@@ -3,8 +3,6 @@ use on scikit-learn's bundled 8×8 digits with a fixed seed and cached on disk."
 
 from __future__ import annotations
 
-import io
-
 import torch
 from safetensors.torch import load_file, save
 from torch import nn

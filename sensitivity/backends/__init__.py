@@ -1,0 +1,1 @@
+"""Reference implementations selectable as estimator backends."""
