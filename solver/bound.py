@@ -1,0 +1,205 @@
+"""Lagrangian bound, a greedy incumbent, and option elimination (presolve for the ILP).
+
+For multipliers λ >= 0 on the budgets, every feasible assignment x satisfies
+
+    Ω(x) >= Σ_u min_c M[u, c] - λ·rhs + Σ_u r[u, x_u] = L(λ) + Σ_u r[u, x_u],
+
+where M = W + Σ_k λ_k cost_k, r = M - min_c M is the reduced cost, and W is a
+separable lower bound of Ω (pair terms split into a row part charged to one unit
+and a column part charged to the other; the remainder is >= 0). So an option whose
+reduced cost exceeds ``upper - L(λ)`` (with ``upper`` the Ω of any feasible
+assignment) is in no optimal solution and can be dropped. With the multipliers
+from a subgradient ascent, that leaves a small core for the integer program; often
+every unit keeps one option and the incumbent is proven optimal outright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver.compiled import Compiled
+
+_ITERATIONS = 200
+
+
+@dataclass(frozen=True, eq=False)
+class Bound:
+    lower: float  # valid lower bound on the optimal Ω (-inf when unknown)
+    upper: float  # Ω of ``incumbent`` (+inf when there is none)
+    incumbent: np.ndarray | None  # a feasible assignment (choice index per unit)
+    keep: np.ndarray  # (U, C) bool: options that may be in an optimal solution
+
+
+class _Separable:
+    """W(λ): per-unit Lagrangian cost that never exceeds the true one of any assignment.
+
+    Each unit shares its own cost ω + λ·cost equally between itself and its pair
+    blocks; a block B[i, j] = P[i, j] + share_u[i] + share_v[j] is then bounded below
+    by its row minima (charged to u) plus the column minima of what is left (charged
+    to v). Without pair terms W(λ) is exactly ω + λ·cost.
+    """
+
+    def __init__(self, c: Compiled, wn: np.ndarray, scale: float):
+        self.valid = np.isfinite(c.omega)
+        self.wn = wn
+        self.pu = np.array([p.u for p in c.pairs], dtype=int)
+        self.pv = np.array([p.v for p in c.pairs], dtype=int)
+        self.degree = np.ones(c.n_units)
+        np.add.at(self.degree, self.pu, 1)
+        np.add.at(self.degree, self.pv, 1)
+        if c.pairs:
+            ok = self.valid[self.pu][:, :, None] & self.valid[self.pv][:, None, :]
+            self.blocks = np.where(ok, np.stack([p.values for p in c.pairs]) / scale, np.inf)
+
+    def __call__(self, lam: np.ndarray, an: np.ndarray) -> np.ndarray:
+        m = self.wn + np.tensordot(lam, an, axes=1)
+        if not len(self.pu):
+            return m
+        share = np.where(self.valid, m, 0.0) / self.degree[:, None]
+        block = self.blocks + share[self.pu][:, :, None] + share[self.pv][:, None, :]
+        rows = np.min(block, axis=2)
+        cols = np.min(block - rows[:, :, None], axis=1)
+        w = np.where(self.valid, share, np.inf)
+        np.add.at(w, self.pu, np.where(np.isfinite(rows), rows, 0.0))
+        np.add.at(w, self.pv, np.where(np.isfinite(cols), cols, 0.0))
+        return w
+
+
+def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
+    """Bound the optimum of ``c`` and find a feasible assignment when one is easy to find."""
+    units = np.arange(c.n_units)
+    base = np.min(c.omega, axis=1)
+    spread = np.where(np.isfinite(c.omega), c.omega - base[:, None], np.nan)
+    scale = float(np.nanmean(np.nanmax(spread, axis=1))) or 1.0
+    wn = (c.omega - base[:, None]) / scale
+    offset = float(base.sum())
+    separable = _Separable(c, wn, scale)
+
+    active = np.flatnonzero(np.isfinite(c.rhs))
+    norm = np.array([_row_scale(c, k) for k in active])
+    an = c.costs[active] / norm[:, None, None]
+    bn = c.rhs[active] / norm
+
+    def true_n(assign: np.ndarray) -> float:
+        return (c.objective(assign) - offset) / scale
+
+    best_lower, best_lam = -np.inf, np.zeros(len(active))
+    incumbent = _feasible_from(best_lam, wn, an, bn, units)
+    if incumbent is not None:
+        incumbent = improve(c, incumbent)
+    upper = true_n(incumbent) if incumbent is not None else np.inf
+    lam = np.zeros(len(active))
+    theta, stall = 1.0, 0
+    for _ in range(iterations if len(active) or c.pairs else 1):
+        m = separable(lam, an)
+        assign = np.argmin(m, axis=1)
+        lower = float(m[units, assign].sum() - lam @ bn)
+        if lower > best_lower + 1e-12 * abs(lower):
+            best_lower, best_lam, stall = lower, lam.copy(), 0
+        else:
+            stall += 1
+            if stall >= 10:
+                theta, stall = theta / 2, 0
+        sub = an[:, units, assign].sum(axis=1) - bn
+        if np.all(sub <= 1e-12 * np.maximum(np.abs(bn), 1.0)):
+            value = true_n(assign)
+            if value < upper:
+                incumbent, upper = assign, value
+        if upper - best_lower <= 1e-12 * max(1.0, abs(upper)) or theta < 1e-6 or not len(active):
+            break
+        step_sub = np.where((lam > 0) | (sub > 0), sub, 0.0)
+        norm2 = float(step_sub @ step_sub)
+        if norm2 == 0.0:
+            break
+        target = upper if np.isfinite(upper) else best_lower + 0.05 * c.n_units
+        lam = np.maximum(0.0, lam + theta * (target - lower) / norm2 * step_sub)
+
+    if incumbent is not None:
+        incumbent = improve(c, incumbent)
+        upper = true_n(incumbent)
+
+    m = separable(best_lam, an)
+    reduced = m - np.min(m, axis=1, keepdims=True)
+    if incumbent is None:
+        keep = np.isfinite(c.omega)
+    else:
+        slack = upper - best_lower
+        keep = np.isfinite(c.omega) & (reduced <= slack + 1e-9 * (1.0 + abs(upper)))
+        keep[units, incumbent] = True
+    return Bound(
+        lower=best_lower * scale + offset,
+        upper=upper * scale + offset if incumbent is not None else np.inf,
+        incumbent=incumbent,
+        keep=keep,
+    )
+
+
+def _row_scale(c: Compiled, k: int) -> float:
+    if c.rhs[k] > 0:
+        return float(c.rhs[k])
+    top = float(c.costs[k].max(axis=1).sum())
+    return top if top > 0 else 1.0
+
+
+def _feasible_from(lam, wn, an, bn, units) -> np.ndarray | None:
+    """Raise the multipliers of violated budgets until the Lagrangian choice fits."""
+    if not len(bn):
+        return np.argmin(wn, axis=1)
+    lam = lam.copy()
+    bump = np.ones_like(lam) * max(1.0, float(lam.max(initial=0.0)))
+    for _ in range(60):
+        assign = np.argmin(wn + np.tensordot(lam, an, axes=1), axis=1)
+        sub = an[:, units, assign].sum(axis=1) - bn
+        if np.all(sub <= 1e-12 * np.maximum(np.abs(bn), 1.0)):
+            return assign
+        lam = lam + np.where(sub > 0, bump, 0.0)
+        bump *= 2
+    return None
+
+
+def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
+    """Greedy upgrades that lower Ω (pair terms included) while every budget still fits."""
+    assign = assign.copy()
+    neighbours: list[list[tuple[int, np.ndarray, bool]]] = [[] for _ in range(c.n_units)]
+    for p in c.pairs:
+        neighbours[p.u].append((p.v, p.values, True))
+        neighbours[p.v].append((p.u, p.values, False))
+    active = np.flatnonzero(np.isfinite(c.rhs))
+    costs = c.costs[active]
+    tol = 1e-9 * np.maximum(np.abs(c.rhs[active]), 1.0)
+    units = np.arange(c.n_units)
+    for _ in range(passes):
+        delta = c.omega - c.omega[units, assign][:, None]
+        for p in c.pairs:
+            au, av = assign[p.u], assign[p.v]
+            delta[p.u] += p.values[:, av] - p.values[au, av]
+            delta[p.v] += p.values[au, :] - p.values[au, av]
+        dcost = costs - costs[:, units, assign][:, :, None]
+        slack = c.rhs[active] - costs[:, units, assign].sum(axis=1)
+        weight = (np.maximum(dcost, 0.0) / np.maximum(slack, 1e-300)[:, None, None]).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            candidates = np.argwhere(delta < -1e-15 * (1.0 + np.abs(c.omega)))
+        if len(candidates) == 0:
+            break
+        rank = delta[candidates[:, 0], candidates[:, 1]] / (
+            weight[candidates[:, 0], candidates[:, 1]] + 1e-12
+        )
+        touched = np.zeros(c.n_units, dtype=bool)
+        moved = False
+        for u, j in candidates[np.argsort(rank)]:
+            if touched[u]:
+                continue
+            step = dcost[:, u, j]
+            if np.any(step > slack + tol):
+                continue
+            slack = slack - step
+            assign[u] = j
+            touched[u] = True
+            for v, _, _ in neighbours[u]:
+                touched[v] = True
+            moved = True
+        if not moved:
+            break
+    return assign

@@ -1,0 +1,99 @@
+"""Minimise a compiled problem: quick infeasibility checks, presolve by bound, then the ILP."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from solver.bound import lagrangian_bound
+from solver.compiled import FEAS_RTOL, Compiled
+from solver.milp import BACKENDS, solve_core
+
+_TIGHTEN_ROUNDS = 3
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    status: str  # "optimal" | "feasible" | "infeasible" | "timeout"
+    assign: np.ndarray | None
+    objective: float | None
+    lower: float  # proven lower bound on the optimum (-inf when unknown)
+    certificate: str | None  # "mip" | "bound" | None
+
+    @property
+    def gap(self) -> float | None:
+        """Proven relative gap (objective - lower) / |objective|; None when unknown."""
+        if self.objective is None or not math.isfinite(self.lower):
+            return None
+        return max(0.0, self.objective - self.lower) / max(abs(self.objective), 1e-12)
+
+
+def check_options(*, time_limit_s: float, backend: str, mip_gap: float) -> None:
+    if not isinstance(time_limit_s, (int, float)) or not time_limit_s > 0 or not math.isfinite(time_limit_s):
+        raise ValueError(f"time_limit_s must be a positive number, got {time_limit_s!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if not isinstance(mip_gap, (int, float)) or not 0 <= mip_gap < 1:
+        raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
+
+
+def smallest_alone(c: Compiled) -> np.ndarray:
+    """Smallest sum-form cost of every kind, each budget alone (overrides in place)."""
+    costs = np.where(np.isfinite(c.omega)[None], c.costs, np.inf)
+    return costs.min(axis=2).sum(axis=1)
+
+
+def optimise(c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float) -> Outcome:
+    """Minimise Ω over ``c`` under its finite budgets; the gap is relative to the optimum."""
+    start = time.perf_counter()
+    if c.conflicts:
+        return Outcome("infeasible", None, None, math.inf, None)
+    alone = smallest_alone(c)
+    if np.any(alone > c.rhs + FEAS_RTOL * np.maximum(np.abs(c.rhs), 1.0)):
+        return Outcome("infeasible", None, None, math.inf, None)
+
+    bound = lagrangian_bound(c)
+    if bound.incumbent is not None:
+        closed = bound.upper - bound.lower <= mip_gap * max(abs(bound.upper), 1e-12)
+        if closed or bool(np.all(bound.keep.sum(axis=1) == 1)):
+            return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound")
+
+    rhs = c.rhs.copy()
+    for _ in range(_TIGHTEN_ROUNDS):
+        left = time_limit_s - (time.perf_counter() - start)
+        if left <= 0:
+            break
+        result = solve_core(
+            c.with_rhs(rhs),
+            bound.keep,
+            incumbent=bound.incumbent,
+            backend=backend,
+            time_limit_s=left,
+            gap_abs=mip_gap * abs(bound.upper) if bound.incumbent is not None else None,
+            gap_rel=mip_gap,
+        )
+        if result.assign is None:
+            if result.status == "infeasible" and bound.incumbent is None:
+                return Outcome("infeasible", None, None, math.inf, "mip")
+            break
+        used = c.used(result.assign)
+        if not c.fits(used):
+            # the solver's feasibility tolerance let a budget slip: tighten it and re-solve
+            over = np.maximum(used - c.rhs, 0.0)
+            rhs = rhs - 2 * over - FEAS_RTOL * np.maximum(np.abs(c.rhs), 1.0) * (over > 0)
+            continue
+        assign, value = result.assign, c.objective(result.assign)
+        if bound.incumbent is not None and bound.upper < value:
+            assign, value = bound.incumbent, bound.upper
+        if result.status != "optimal":
+            return Outcome("feasible", assign, value, bound.lower, None)
+        tolerance = mip_gap * (abs(bound.upper) if bound.incumbent is not None else abs(value))
+        lower = max(bound.lower, value - tolerance)
+        return Outcome("optimal", assign, value, lower, "mip")
+
+    if bound.incumbent is not None:
+        return Outcome("feasible", bound.incumbent, bound.upper, bound.lower, None)
+    return Outcome("timeout", None, None, bound.lower, None)
