@@ -1,0 +1,184 @@
+"""The packed model artifact: a directory with `model.safetensors` and `allocation.json`.
+
+`model.safetensors` holds the packed model's state dict: `<layer>.qweight`, `.scales`,
+`.zeros` (+ `.bias`) for packed layers (`kernels.packed_weight`), every other tensor
+unchanged, and the weights of 16-bit layers in 16 bits (fp16, or bf16 when the model is
+bf16), as the size accounting counts them. Its metadata (strings) holds:
+
+* `format` = "bitalloc.packed", `format_version` = "1", `packing` (the layout in words);
+* `layers`: JSON {name: {kind, shape, bits, group_size, symmetric, mse_clip}};
+* `allocation`: the allocation JSON given to `save_artifact`;
+* `aliases`: JSON {key: key it shares storage with} (stored once);
+* `hf_class`, `hf_config`, `float_dtype`: for a Hugging Face model, what
+  `load_artifact` needs to rebuild it without an architecture constructor.
+
+Only safetensors is read: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kernels.apply import PACKED_TYPES, apply_allocation, empty_packed_module, layer_kind
+from kernels.quantizer import QuantConfig
+
+FORMAT = "bitalloc.packed"
+FORMAT_VERSION = "1"
+WEIGHTS_FILE = "model.safetensors"
+ALLOCATION_FILE = "allocation.json"
+PACKING = ("codes packed along K into int32 words, K padded to a multiple of 32; "
+           "b bits split into power-of-two bit planes (3 = 2+1, 5 = 4+1, 6 = 4+2) stacked "
+           "along K, so 32 values take b words (GPTQ layout for 2, 4, 8 bits); fp16 scales "
+           "(groups, N); zero points packed along N the same way (groups, N_pad*b/32)")
+
+
+def sixteen_bit_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit dtype a 16-bit layer's weight is stored in."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+
+
+def save_artifact(model: nn.Module, configs: Mapping[str, QuantConfig],
+                  directory: str | os.PathLike, allocation_json: dict) -> Path:
+    """Pack `model` with `configs` (see `kernels.apply.apply_allocation`) and write the
+    artifact into `directory` (created if missing). Returns the directory."""
+    packed = apply_allocation(model, configs)
+    modules = dict(packed.named_modules())
+    layers = {name: _layer_record(modules[name], cfg) for name, cfg in configs.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in packed.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in configs and not configs[owner].quantized and leaf == "weight":
+            tensor = tensor.to(sixteen_bit_dtype(tensor.dtype))
+        tensors[key] = tensor.detach().to("cpu").contiguous()
+    tensors, aliases = _dedupe(tensors)
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "packing": PACKING,
+        "layers": json.dumps(layers),
+        "allocation": json.dumps(allocation_json),
+        "aliases": json.dumps(aliases),
+        **_hf_metadata(model),
+    }
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata=metadata)
+    (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
+    return out
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, object]:
+    """The artifact's metadata with its JSON entries decoded; ValueError if it is not one."""
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ValueError(f"no {WEIGHTS_FILE} in {directory}")
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a bitalloc packed artifact (format={raw.get('format')!r})")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {raw.get('format_version')!r}; this "
+                         f"version reads {FORMAT_VERSION}")
+    meta: dict[str, object] = dict(raw)
+    for key in ("layers", "allocation", "aliases"):
+        meta[key] = json.loads(raw[key])
+    return meta
+
+
+def load_artifact(directory: str | os.PathLike,
+                  build_model: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Rebuild the packed model of an artifact, in eval mode, on the CPU.
+
+    `build_model()` returns the bare architecture (its weights are all overwritten), e.g.
+    `DigitsCNN()` or `AutoModel.from_config(config)`. Without it, a Hugging Face model is
+    rebuilt from the config stored in the metadata; anything else raises ValueError."""
+    meta = read_metadata(directory)
+    model = build_model() if build_model is not None else _build_hf_model(meta)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"build_model returned {type(model).__name__}, not an nn.Module")
+    for name, record in meta["layers"].items():
+        _swap_in(model, name, record)
+    tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
+    for key, source in meta["aliases"].items():
+        tensors[key] = tensors[source]
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"the artifact does not fit the model built: {exc}") from None
+    return model.eval()
+
+
+# --- internals -----------------------------------------------------------------
+
+
+def _layer_record(module: nn.Module, config: QuantConfig) -> dict:
+    if isinstance(module, PACKED_TYPES):
+        kind, shape = module.kind, list(module.weight_shape)
+    else:
+        kind, shape = layer_kind(module), list(module.weight.shape)
+    return {"kind": kind, "shape": shape, "bits": config.bits, "group_size": config.group_size,
+            "symmetric": config.symmetric, "mse_clip": config.mse_clip}
+
+
+def _swap_in(model: nn.Module, name: str, record: dict) -> None:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"the model built has no layer {name!r}") from None
+    kind = layer_kind(module)
+    if kind != record["kind"] or list(module.weight.shape) != record["shape"]:
+        raise ValueError(f"layer {name}: the artifact holds a {record['kind']} "
+                         f"{record['shape']}, the model built a {kind} "
+                         f"{list(module.weight.shape)}")
+    config = QuantConfig(record["bits"], record["group_size"], record["symmetric"],
+                         record["mse_clip"])
+    if config.quantized:
+        model.set_submodule(name, empty_packed_module(module, config))
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]):
+    """Store tensors that share memory once; return (tensors, {dropped key: kept key})."""
+    kept: dict[tuple, str] = {}
+    unique, aliases = {}, {}
+    for key, t in tensors.items():
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and ident in kept:
+            aliases[key] = kept[ident]
+            continue
+        kept[ident] = key
+        unique[key] = t
+    return unique, aliases
+
+
+def _hf_metadata(model: nn.Module) -> dict[str, str]:
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        return {}
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return {"hf_class": type(model).__name__, "hf_config": config.to_json_string(),
+            "float_dtype": str(dtype).removeprefix("torch.")}
+
+
+def _build_hf_model(meta: Mapping[str, object]) -> nn.Module:
+    if "hf_config" not in meta:
+        raise ValueError("this artifact holds no Hugging Face config; pass build_model, a "
+                         "callable returning the bare architecture")
+    import transformers
+
+    config_dict = json.loads(meta["hf_config"])
+    config = transformers.AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    cls = getattr(transformers, str(meta["hf_class"]), None)
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise ValueError(f"{meta['hf_class']!r} is not a transformers model class")
+    dtype = getattr(torch, str(meta.get("float_dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"bad float_dtype {meta.get('float_dtype')!r} in the artifact")
+    return cls(config).to(dtype)
