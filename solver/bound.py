@@ -30,6 +30,7 @@ class Bound:
     upper: float  # Ω of ``incumbent`` (+inf when there is none)
     incumbent: np.ndarray | None  # a feasible assignment (choice index per unit)
     keep: np.ndarray  # (U, C) bool: options that may be in an optimal solution
+    multipliers: np.ndarray  # (K,) λ per budget kind, in Ω per sum-form cost unit (0 if unlimited)
 
 
 class _Separable:
@@ -67,8 +68,19 @@ class _Separable:
         return w
 
 
-def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
-    """Bound the optimum of ``c`` and find a feasible assignment when one is easy to find."""
+def lagrangian_bound(
+    c: Compiled,
+    *,
+    iterations: int = _ITERATIONS,
+    close_gap: float = 0.0,
+    start: Bound | None = None,
+) -> Bound:
+    """Bound the optimum of ``c`` and find a feasible assignment when one is easy to find.
+
+    Stops once the relative gap is within ``close_gap``. ``start`` (a bound of a
+    similar problem, e.g. the previous point of a budget sweep) seeds the
+    multipliers and, where it still fits, the incumbent.
+    """
     units = np.arange(c.n_units)
     base = np.min(c.omega, axis=1)
     spread = np.where(np.isfinite(c.omega), c.omega - base[:, None], np.nan)
@@ -85,13 +97,20 @@ def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
     def true_n(assign: np.ndarray) -> float:
         return (c.objective(assign) - offset) / scale
 
-    best_lower, best_lam = -np.inf, np.zeros(len(active))
-    incumbent = _feasible_from(best_lam, wn, an, bn, units)
+    lam = np.zeros(len(active))
+    if start is not None:
+        lam = start.multipliers[active] * norm / scale
+    best_lower, best_lam = -np.inf, lam.copy()
+    incumbent = _feasible_from(lam, wn, an, bn, units)
     if incumbent is not None:
         incumbent = improve(c, incumbent)
     upper = true_n(incumbent) if incumbent is not None else np.inf
-    lam = np.zeros(len(active))
-    theta, stall = 1.0, 0
+    if start is not None and start.incumbent is not None and c.fits(c.used(start.incumbent)):
+        warm = improve(c, start.incumbent)
+        if true_n(warm) < upper:
+            incumbent, upper = warm, true_n(warm)
+    theta, stall = (0.25 if start is not None else 1.0), 0
+    closed = max(1e-12, close_gap * abs(upper * scale + offset) / scale) if np.isfinite(upper) else 1e-12
     for _ in range(iterations if len(active) or c.pairs else 1):
         m = separable(lam, an)
         assign = np.argmin(m, axis=1)
@@ -107,7 +126,7 @@ def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
             value = true_n(assign)
             if value < upper:
                 incumbent, upper = assign, value
-        if upper - best_lower <= 1e-12 * max(1.0, abs(upper)) or theta < 1e-6 or not len(active):
+        if upper - best_lower <= closed or theta < 1e-6 or not len(active):
             break
         step_sub = np.where((lam > 0) | (sub > 0), sub, 0.0)
         norm2 = float(step_sub @ step_sub)
@@ -115,6 +134,18 @@ def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
             break
         target = upper if np.isfinite(upper) else best_lower + 0.05 * c.n_units
         lam = np.maximum(0.0, lam + theta * (target - lower) / norm2 * step_sub)
+
+    if len(active) and upper - best_lower > closed:
+        for lam in _polish(best_lam, separable, an, bn, units, rounds=1 if c.pairs else 2):
+            m = separable(lam, an)
+            assign = np.argmin(m, axis=1)
+            lower = float(m[units, assign].sum() - lam @ bn)
+            if lower > best_lower:
+                best_lower, best_lam = lower, lam
+            if np.all(an[:, units, assign].sum(axis=1) <= bn + 1e-12 * np.maximum(np.abs(bn), 1.0)):
+                value = true_n(assign)
+                if value < upper:
+                    incumbent, upper = assign, value
 
     if incumbent is not None:
         incumbent = improve(c, incumbent)
@@ -133,12 +164,56 @@ def lagrangian_bound(c: Compiled, *, iterations: int = _ITERATIONS) -> Bound:
         upper=upper * scale + offset if incumbent is not None else np.inf,
         incumbent=incumbent,
         keep=keep,
+        multipliers=_raw(c, active, best_lam * scale / norm),
     )
 
 
+def _raw(c: Compiled, active: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(c.kinds))
+    out[active] = lam
+    return out
+
+
+def _polish(lam, separable, an, bn, units, *, rounds: int):
+    """Exact line searches, one multiplier at a time: yield the points worth checking.
+
+    Along one coordinate the dual is concave and its slope (the budget's use minus
+    its limit) falls as the multiplier grows, so bisection on the slope's sign finds
+    the maximum; both ends of the final bracket are yielded (the one at the larger
+    multiplier is the budget-feasible side).
+    """
+    lam = lam.copy()
+    for _ in range(rounds):
+        for k in range(len(lam)):
+
+            def slope(value: float, k: int = k) -> float:
+                trial = lam.copy()
+                trial[k] = value
+                assign = np.argmin(separable(trial, an), axis=1)
+                return float(an[k, units, assign].sum() - bn[k])
+
+            lo, hi = 0.0, max(2.0 * lam[k], 1e-3)
+            if slope(lo) <= 0:
+                hi = 0.0
+            else:
+                while slope(hi) > 0 and hi < 1e12:
+                    lo, hi = hi, hi * 4
+                for _ in range(40):
+                    mid = 0.5 * (lo + hi)
+                    if slope(mid) > 0:
+                        lo = mid
+                    else:
+                        hi = mid
+                    if hi - lo <= 1e-12 * hi:
+                        break
+            for value in (lo, hi):
+                trial = lam.copy()
+                trial[k] = value
+                yield trial
+            lam[k] = hi
+
+
 def _row_scale(c: Compiled, k: int) -> float:
-    if c.rhs[k] > 0:
-        return float(c.rhs[k])
     top = float(c.costs[k].max(axis=1).sum())
     return top if top > 0 else 1.0
 

@@ -72,7 +72,7 @@ def solve_core(
 
     prob = pulp.LpProblem("bit_allocation", pulp.LpMinimize)
     x = {
-        (u, i): pulp.LpVariable(f"x_{u}_{i}", cat=pulp.LpBinary)
+        (u, i): _variable(prob, f"x_{u}_{i}", 0, 1, pulp.LpBinary)
         for u in core
         for i in np.flatnonzero(keep[u])
     }
@@ -83,7 +83,9 @@ def solve_core(
         if fixed[p.u] or fixed[p.v]:
             continue
         rows, cols = np.flatnonzero(keep[p.u]), np.flatnonzero(keep[p.v])
-        y = {(i, j): pulp.LpVariable(f"y_{n}_{i}_{j}", lowBound=0) for i in rows for j in cols}
+        y = {
+            (i, j): _variable(prob, f"y_{n}_{i}_{j}", 0, None, pulp.LpContinuous) for i in rows for j in cols
+        }
         objective += [(var, p.values[i, j] / scale) for (i, j), var in y.items()]
         # constraint: y is the product of the two units' choices (row and column marginals)
         for i in rows:
@@ -129,6 +131,13 @@ def solve_core(
         values = [x[u, i].value() or 0.0 for i in kept]
         assign[u] = kept[int(np.argmax(values))]
     return MilpResult(status, assign)
+
+
+def _variable(prob: pulp.LpProblem, name: str, low, up, cat: str) -> pulp.LpVariable:
+    """A variable attached to ``prob`` (PuLP >= 3.3); plain LpVariable on older PuLP."""
+    if hasattr(prob, "add_variable"):
+        return prob.add_variable(name, low, up, cat=cat)
+    return pulp.LpVariable(name, low, up, cat=cat)
 
 
 def _status(prob: pulp.LpProblem) -> str:

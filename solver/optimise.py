@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver.bound import lagrangian_bound
+from solver.bound import Bound, lagrangian_bound
 from solver.compiled import FEAS_RTOL, Compiled
 from solver.milp import BACKENDS, solve_core
 
@@ -22,6 +22,7 @@ class Outcome:
     objective: float | None
     lower: float  # proven lower bound on the optimum (-inf when unknown)
     certificate: str | None  # "mip" | "bound" | None
+    bound: Bound | None = None  # the presolve bound, to seed a similar problem
 
     @property
     def gap(self) -> float | None:
@@ -46,24 +47,26 @@ def smallest_alone(c: Compiled) -> np.ndarray:
     return costs.min(axis=2).sum(axis=1)
 
 
-def optimise(c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float) -> Outcome:
-    """Minimise Ω over ``c`` under its finite budgets; the gap is relative to the optimum."""
-    start = time.perf_counter()
+def optimise(
+    c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float, start: Bound | None = None
+) -> Outcome:
+    """Minimise Ω over ``c`` under its finite budgets; ``start`` seeds the presolve bound."""
+    t0 = time.perf_counter()
     if c.conflicts:
         return Outcome("infeasible", None, None, math.inf, None)
     alone = smallest_alone(c)
     if np.any(alone > c.rhs + FEAS_RTOL * np.maximum(np.abs(c.rhs), 1.0)):
         return Outcome("infeasible", None, None, math.inf, None)
 
-    bound = lagrangian_bound(c)
+    bound = lagrangian_bound(c, close_gap=mip_gap, start=start)
     if bound.incumbent is not None:
         closed = bound.upper - bound.lower <= mip_gap * max(abs(bound.upper), 1e-12)
         if closed or bool(np.all(bound.keep.sum(axis=1) == 1)):
-            return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound")
+            return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound", bound)
 
     rhs = c.rhs.copy()
     for _ in range(_TIGHTEN_ROUNDS):
-        left = time_limit_s - (time.perf_counter() - start)
+        left = time_limit_s - (time.perf_counter() - t0)
         if left <= 0:
             break
         result = solve_core(
@@ -72,7 +75,7 @@ def optimise(c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float) 
             incumbent=bound.incumbent,
             backend=backend,
             time_limit_s=left,
-            gap_abs=mip_gap * abs(bound.upper) if bound.incumbent is not None else None,
+            gap_abs=mip_gap * _magnitude(bound) if bound.incumbent is not None else None,
             gap_rel=mip_gap,
         )
         if result.assign is None:
@@ -89,11 +92,18 @@ def optimise(c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float) 
         if bound.incumbent is not None and bound.upper < value:
             assign, value = bound.incumbent, bound.upper
         if result.status != "optimal":
-            return Outcome("feasible", assign, value, bound.lower, None)
-        tolerance = mip_gap * (abs(bound.upper) if bound.incumbent is not None else abs(value))
+            return Outcome("feasible", assign, value, bound.lower, None, bound)
+        tolerance = mip_gap * (_magnitude(bound) if bound.incumbent is not None else abs(value))
         lower = max(bound.lower, value - tolerance)
-        return Outcome("optimal", assign, value, lower, "mip")
+        return Outcome("optimal", assign, value, lower, "mip", bound)
 
     if bound.incumbent is not None:
-        return Outcome("feasible", bound.incumbent, bound.upper, bound.lower, None)
-    return Outcome("timeout", None, None, bound.lower, None)
+        return Outcome("feasible", bound.incumbent, bound.upper, bound.lower, None, bound)
+    return Outcome("timeout", None, None, bound.lower, None, bound)
+
+
+def _magnitude(bound: Bound) -> float:
+    """|optimum| from below where the bound is known: an absolute gap that stays within mip_gap."""
+    if math.isfinite(bound.lower) and bound.lower * bound.upper > 0:
+        return min(abs(bound.lower), abs(bound.upper))
+    return abs(bound.upper)
