@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from service.cli_service import add_service_commands
 from service.progress_bar import ProgressPrinter
 
 EXIT_JOB_FAILED = 1
@@ -167,6 +168,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
     run.set_defaults(func=cmd_run)
+    add_service_commands(sub)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""Request dependencies: settings, a database session, the caller's tenant
+(from `Authorization: Bearer <key>`), and the tenant-scoped lookups that answer
+404 for anything the tenant does not own."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service import crud
+from service.auth import MAX_KEY_LENGTH
+from service.config import Settings
+from service.db.models import Dataset, Job, StoredModel, Tenant
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessions()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_db)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+bearer = HTTPBearer(auto_error=False, description="an API key: `bitalloc keys create --tenant "
+                                                  "NAME` makes one; `bitalloc serve` prints one")
+
+
+def get_tenant(session: SessionDep, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Tenant:
+    def refuse(reason: str) -> HTTPException:
+        return HTTPException(status.HTTP_401_UNAUTHORIZED, reason,
+                             headers={"WWW-Authenticate": "Bearer"})
+
+    if credentials is None:
+        raise refuse("missing API key: send `Authorization: Bearer <key>`")
+    key = credentials.credentials
+    tenant = None if len(key) > MAX_KEY_LENGTH else crud.tenant_for_key(session, key)
+    if tenant is None:
+        raise refuse("invalid or revoked API key")
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def _owned(session: Session, tenant: Tenant, cls, ident: uuid.UUID, what: str):
+    """The tenant's row, or 404 (also for other tenants' ids: no hint they exist)."""
+    row = crud.get_owned(session, cls, tenant.id, ident)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+    return row
+
+
+def _owned_job(session: SessionDep, tenant: TenantDep, job_id: uuid.UUID) -> Job:
+    return _owned(session, tenant, Job, job_id, "job")
+
+
+def _owned_model(session: SessionDep, tenant: TenantDep, model_id: uuid.UUID) -> StoredModel:
+    return _owned(session, tenant, StoredModel, model_id, "model")
+
+
+def _owned_dataset(session: SessionDep, tenant: TenantDep, dataset_id: uuid.UUID) -> Dataset:
+    return _owned(session, tenant, Dataset, dataset_id, "dataset")
+
+
+JobDep = Annotated[Job, Depends(_owned_job)]
+ModelDep = Annotated[StoredModel, Depends(_owned_model)]
+DatasetDep = Annotated[Dataset, Depends(_owned_dataset)]

@@ -1,0 +1,9 @@
+"""Includes the routers; nothing else."""
+
+from fastapi import APIRouter
+
+from service.api.routes import datasets, jobs, models
+
+api_router = APIRouter()
+for module in (jobs, models, datasets):
+    api_router.include_router(module.router)

@@ -1,0 +1,71 @@
+"""The Celery app both sides share: the API sends tasks by name with it, the
+workers (workers/celery_app.py) run them. Redis through REDIS_URL, otherwise
+kombu's filesystem transport under the data folder, which needs no server."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.config import Settings
+
+RUN_JOB = "bitalloc.run_job"
+
+
+def broker_folders(settings: Settings) -> dict[str, str]:
+    root = settings.data_path / "broker"
+    folders = {"data_folder_in": root / "queue", "data_folder_out": root / "queue",
+               "control_folder": root / "control", "processed_folder": root / "processed"}
+    for path in folders.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return {k: str(v) for k, v in folders.items()}
+
+
+def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
+    app = Celery("bitalloc", broker=settings.broker_url, include=include or [])
+    if settings.redis_url:
+        # a message unacknowledged for longer than this is delivered again: it must
+        # outlast the longest job, or a running job would be started twice
+        transport = {"visibility_timeout": settings.job_time_limit_s + 600}
+    else:
+        transport = {**broker_folders(settings), "store_processed": False}
+    app.conf.update(
+        broker_transport_options=transport,
+        broker_connection_timeout=5,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                   "interval_step": 0.5, "interval_max": 1.0},
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_soft_time_limit=settings.job_soft_time_limit_s,
+        task_time_limit=settings.job_time_limit_s,
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        broker_pool_limit=4,
+        timezone="UTC",
+    )
+    return app
+
+
+def send_job(app: Celery, settings: Settings, job_id: str, task_id: str) -> None:
+    app.send_task(RUN_JOB, args=[job_id], task_id=task_id, queue=settings.queue)
+
+
+def revoke(app: Celery, task_id: str) -> None:
+    """Best effort: drop a queued delivery (the worker also checks the database)."""
+    app.control.revoke(task_id)
+
+
+def broker_reachable(app: Celery) -> str:
+    """'ok' or why not."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 (any failure means not ready)
+        return f"unreachable: {type(exc).__name__}: {exc}"

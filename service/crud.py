@@ -1,0 +1,425 @@
+"""Persistence: every query and every commit of the service and its workers.
+
+Routes and tasks call these functions; nothing else touches the ORM. Worker
+writes are fenced by (task_id, attempts): a worker that lost its job (reaped,
+or taken over after a redelivery) can no longer change it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.auth import display_prefix, hash_key, new_key
+from service.db.models import (
+    FINISHED,
+    ApiKey,
+    Dataset,
+    Job,
+    SensitivityCacheEntry,
+    StoredModel,
+    Tenant,
+    utcnow,
+)
+
+
+class Conflict(Exception):
+    """The request clashes with what is stored (e.g. an idempotency key reused)."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this service did not issue."""
+
+
+# --- tenants and keys -----------------------------------------------------------
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        try:
+            session.commit()
+        except IntegrityError:  # created concurrently
+            session.rollback()
+            tenant = session.scalars(select(Tenant).where(Tenant.name == name)).one()
+    return tenant
+
+
+def create_api_key(session: Session, tenant_name: str, label: str = "") -> tuple[ApiKey, str]:
+    """A new key for the tenant (created if needed); the plain key is returned once."""
+    tenant = get_or_create_tenant(session, tenant_name)
+    key = new_key()
+    row = ApiKey(tenant_id=tenant.id, key_hash=hash_key(key), prefix=display_prefix(key),
+                 label=label)
+    session.add(row)
+    session.commit()
+    return row, key
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    return session.scalar(
+        select(Tenant).join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    )
+
+
+def list_api_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    rows = session.execute(
+        select(ApiKey, Tenant.name).join(Tenant).order_by(Tenant.name, ApiKey.created_at))
+    return [(key, name) for key, name in rows]
+
+
+def revoke_api_key(session: Session, prefix: str) -> int:
+    """Revoke the live keys starting with `prefix`; returns how many."""
+    result = session.execute(
+        update(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow()))
+    session.commit()
+    return result.rowcount
+
+
+# --- uploaded models and datasets -----------------------------------------------
+
+
+def add_upload(session: Session, row: StoredModel | Dataset) -> StoredModel | Dataset:
+    """Insert a model or dataset row; a name the tenant already uses is a Conflict."""
+    session.add(row)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        kind = "model" if isinstance(row, StoredModel) else "dataset"
+        raise Conflict(f"a {kind} named {row.name!r} already exists") from None
+    return row
+
+
+def upload_name_taken(session: Session, cls: type[StoredModel | Dataset], tenant_id: uuid.UUID,
+                      name: str) -> bool:
+    return session.scalar(
+        select(func.count()).select_from(cls).where(cls.tenant_id == tenant_id, cls.name == name)
+    ) > 0
+
+
+def list_uploads(session: Session, cls: type[StoredModel | Dataset], tenant_id: uuid.UUID,
+                 limit: int, offset: int) -> tuple[list, int]:
+    where = cls.tenant_id == tenant_id
+    rows = session.scalars(select(cls).where(where).order_by(cls.created_at.desc(), cls.id)
+                           .limit(limit).offset(offset)).all()
+    count = session.scalar(select(func.count()).select_from(cls).where(where))
+    return list(rows), count
+
+
+def find_upload(session: Session, cls: type[StoredModel | Dataset], tenant_id: uuid.UUID,
+                ref: str) -> StoredModel | Dataset | None:
+    """By id or by name, within the tenant."""
+    try:
+        ident = uuid.UUID(ref)
+    except ValueError:
+        return session.scalar(select(cls).where(cls.tenant_id == tenant_id, cls.name == ref))
+    return session.scalar(select(cls).where(cls.tenant_id == tenant_id, cls.id == ident))
+
+
+def get_owned(session: Session, cls: type, tenant_id: uuid.UUID, ident: uuid.UUID):
+    """The row if this tenant owns it, else None (the caller answers 404 either way)."""
+    return session.scalar(select(cls).where(cls.id == ident, cls.tenant_id == tenant_id))
+
+
+# --- jobs: the API side ---------------------------------------------------------
+
+
+def create_job(session: Session, tenant_id: uuid.UUID, spec: dict[str, Any], *,
+               model_id: uuid.UUID | None, dataset_id: uuid.UUID | None,
+               idempotency_key: str | None, request_hash: str) -> tuple[Job, bool]:
+    """(job, created). With an idempotency key seen before, the earlier job is
+    returned; the same key with a different request is a Conflict."""
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, request_hash), False
+    job = Job(tenant_id=tenant_id, spec=spec, model_id=model_id, dataset_id=dataset_id,
+              idempotency_key=idempotency_key, request_hash=request_hash,
+              task_id=str(uuid.uuid4()), timings={}, message="queued")
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key submitted concurrently
+        session.rollback()
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return _same_request(existing, request_hash), False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id,
+                                            Job.idempotency_key == key))
+
+
+def _same_request(job: Job, request_hash: str) -> Job:
+    if job.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used for a different request "
+                       f"(job {job.id}); use a new key for a new job")
+    return job
+
+
+def mark_enqueued(session: Session, job: Job) -> None:
+    job.enqueued_at = utcnow()
+    session.commit()
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Undo a submission the broker never received."""
+    session.delete(job)
+    session.commit()
+
+
+def list_jobs(session: Session, tenant_id: uuid.UUID, *, statuses: Sequence[str] | None,
+              created_after: datetime | None, created_before: datetime | None, limit: int,
+              cursor: str | None) -> tuple[list[Job], int, str | None]:
+    """Newest first; (jobs, count of all matches, cursor of the next page or None)."""
+    where = [Job.tenant_id == tenant_id]
+    if statuses:
+        where.append(Job.status.in_(statuses))
+    if created_after is not None:
+        where.append(Job.created_at >= created_after)
+    if created_before is not None:
+        where.append(Job.created_at < created_before)
+    count = session.scalar(select(func.count()).select_from(Job).where(*where))
+    if cursor is not None:
+        at, ident = decode_cursor(cursor)
+        where.append(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < ident)))
+    jobs = list(session.scalars(select(Job).where(*where)
+                                .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, count, encode_cursor(jobs[-1]) if more else None
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), str(job.id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, ident = json.loads(raw)
+        parsed = datetime.fromisoformat(at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive time")
+        return parsed, uuid.UUID(ident)
+    except (ValueError, TypeError) as exc:
+        raise BadCursor("invalid cursor: pass next_cursor from a previous page") from exc
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """A queued job is cancelled at once; a running one when its worker next
+    reports progress. Finished jobs are left as they are (the caller decides)."""
+    now = utcnow()
+    if job.status == "queued":
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "queued").values(
+            status="cancelled", cancel_requested=True, finished_at=now,
+            message="cancelled before it started"))
+    elif job.status == "running":
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(
+            cancel_requested=True, message="cancelling…"))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    """Jobs per status across tenants (for /metrics)."""
+    return dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+
+
+# --- jobs: the worker side ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a delivered task may do: run (with its fence) or why not."""
+
+    outcome: str  # "run" | "finished" | "superseded" | "busy" | "missing" | "exhausted"
+    job: Job | None = None
+    attempt: int = 0
+
+
+def claim_job(session: Session, job_id: uuid.UUID, task_id: str, worker: str,
+              stale_before: datetime, max_attempts: int) -> Claim:
+    """Take a job for this delivery: a queued job, or a running one whose worker
+    stopped heartbeating (a redelivered message after a worker died)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(
+            Job.id == job_id, Job.task_id == task_id, Job.cancel_requested.is_(False),
+            Job.attempts < max_attempts,
+            or_(Job.status == "queued",
+                and_(Job.status == "running",
+                     or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before))),
+        ).values(status="running", attempts=Job.attempts + 1, worker=worker[:200],
+                 started_at=func.coalesce(Job.started_at, now), heartbeat_at=now,
+                 message="started", error=None)
+    )
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return Claim("missing")
+    if result.rowcount == 1:
+        return Claim("run", job, job.attempts)
+    if job.status in FINISHED:
+        return Claim("finished", job)
+    if job.task_id != task_id:
+        return Claim("superseded", job)
+    if job.cancel_requested:
+        _finish(session, job_id, job.task_id, job.attempts, "cancelled",
+                message="cancelled", error=None)
+        return Claim("finished", job)
+    if job.attempts >= max_attempts:
+        _finish(session, job_id, job.task_id, job.attempts, "failed", message="failed",
+                error=f"gave up after {job.attempts} attempts")
+        return Claim("exhausted", job)
+    return Claim("busy", job)
+
+
+def _fence(job_id: uuid.UUID, task_id: str, attempt: int):
+    return (Job.id == job_id, Job.task_id == task_id, Job.attempts == attempt,
+            Job.status == "running")
+
+
+def write_progress(session: Session, job_id: uuid.UUID, task_id: str, attempt: int, *,
+                   stage: str, stage_progress: float, progress: float, message: str
+                   ) -> bool | None:
+    """Store progress and heartbeat; returns whether cancel was requested, or
+    None when this worker no longer holds the job."""
+    result = session.execute(update(Job).where(*_fence(job_id, task_id, attempt)).values(
+        stage=stage[:50], stage_progress=stage_progress, progress=progress,
+        message=message[:500], heartbeat_at=utcnow()))
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def heartbeat(session: Session, job_id: uuid.UUID, task_id: str, attempt: int) -> bool | None:
+    """Like write_progress without progress: cancel requested, or None when lost."""
+    result = session.execute(update(Job).where(*_fence(job_id, task_id, attempt))
+                             .values(heartbeat_at=utcnow()))
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def finish_job(session: Session, job_id: uuid.UUID, task_id: str, attempt: int, status: str, *,
+               message: str, error: str | None = None, result: dict[str, Any] | None = None,
+               timings: dict[str, Any] | None = None, artifact_path: str | None = None) -> bool:
+    """Record the end of an attempt; False when this worker no longer held the job."""
+    return _finish(session, job_id, task_id, attempt, status, message=message, error=error,
+                   result=result, timings=timings, artifact_path=artifact_path)
+
+
+def _finish(session: Session, job_id, task_id, attempt, status, *, message, error,
+            result=None, timings=None, artifact_path=None) -> bool:
+    values: dict[str, Any] = {"status": status, "message": message[:500], "error": error,
+                              "finished_at": utcnow(), "heartbeat_at": utcnow()}
+    if status == "succeeded":
+        values.update(progress=1.0, stage_progress=1.0, result=result)
+    if timings is not None:
+        values["timings"] = timings
+    if artifact_path is not None:
+        values["artifact_path"] = artifact_path
+    fence = (Job.id == job_id, Job.task_id == task_id, Job.attempts == attempt,
+             Job.status.in_(("running", "queued")))
+    outcome = session.execute(update(Job).where(*fence).values(**values))
+    session.commit()
+    return outcome.rowcount == 1
+
+
+def release_job(session: Session, job_id: uuid.UUID, task_id: str, attempt: int,
+                message: str) -> bool:
+    """Put a running job back to queued for a retry of the same delivery; the
+    attempt does not count (the failure was the infrastructure's)."""
+    outcome = session.execute(update(Job).where(*_fence(job_id, task_id, attempt)).values(
+        status="queued", attempts=Job.attempts - 1, message=message[:500], heartbeat_at=None))
+    session.commit()
+    return outcome.rowcount == 1
+
+
+def load_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def load_upload(session: Session, cls: type[StoredModel | Dataset], ident: uuid.UUID | None):
+    return None if ident is None else session.get(cls, ident)
+
+
+def reap(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_s: float,
+         max_attempts: int) -> list[tuple[uuid.UUID, str]]:
+    """Jobs whose worker stopped heartbeating: cancelled if cancel was asked,
+    failed when out of attempts, else re-queued with a new delivery id. Queued
+    jobs whose message was lost are re-sent. Returns (job id, task id) to send."""
+    now = utcnow()
+    stale = now - timedelta(seconds=heartbeat_timeout_s)
+    to_send: list[tuple[uuid.UUID, str]] = []
+    dead = session.scalars(select(Job).where(Job.status == "running", or_(
+        Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))).all()
+    for job in dead:
+        fence = (Job.id == job.id, Job.task_id == job.task_id, Job.attempts == job.attempts,
+                 Job.status == "running", or_(Job.heartbeat_at.is_(None),
+                                              Job.heartbeat_at < stale))
+        where = f"worker stopped responding during attempt {job.attempts} of {max_attempts}"
+        if job.stage:
+            where += f" (stage {job.stage})"
+        if job.cancel_requested:
+            values = {"status": "cancelled", "finished_at": now, "message": "cancelled"}
+        elif job.attempts >= max_attempts:
+            values = {"status": "failed", "finished_at": now, "message": "failed",
+                      "error": where + "; giving up"}
+        else:
+            values = {"status": "queued", "task_id": str(uuid.uuid4()), "enqueued_at": now,
+                      "heartbeat_at": None, "message": where + "; re-queued"}
+        if session.execute(update(Job).where(*fence).values(**values)).rowcount == 1 \
+                and values["status"] == "queued":
+            to_send.append((job.id, values["task_id"]))
+    lost = session.scalars(select(Job).where(Job.status == "queued", or_(
+        Job.enqueued_at < now - timedelta(seconds=requeue_queued_after_s),
+        and_(Job.enqueued_at.is_(None), Job.created_at < now - timedelta(seconds=60))))).all()
+    for job in lost:
+        task_id = str(uuid.uuid4())
+        if session.execute(update(Job).where(Job.id == job.id, Job.task_id == job.task_id,
+                                             Job.status == "queued")
+                           .values(task_id=task_id, enqueued_at=now)).rowcount == 1:
+            to_send.append((job.id, task_id))
+    session.commit()
+    return to_send
+
+
+def record_sensitivity(session: Session, *, key: str, model: str, method: str,
+                       params: dict[str, Any], seconds: float, hit: bool,
+                       job_id: uuid.UUID) -> None:
+    """Count one use of a sensitivity table in the shared cache."""
+    entry = session.get(SensitivityCacheEntry, key)
+    if entry is None:
+        session.add(SensitivityCacheEntry(key=key, model=model, method=method, params=params,
+                                          compute_seconds=seconds, hits=int(hit),
+                                          first_job_id=job_id))
+    else:
+        entry.hits += 1
+        entry.last_used_at = utcnow()
+    try:
+        session.commit()
+    except IntegrityError:  # two jobs recorded the same new table at once
+        session.rollback()
+

@@ -1,0 +1,154 @@
+"""What the API accepts and returns. Every field has limits; unknown fields are
+rejected. The job request is the pipeline's own `JobSpec` (a plain pydantic
+module with no torch behind it) plus the calibration dataset to use."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.spec import JobResult, JobSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- jobs -------------------------------------------------------------------------
+
+
+class JobCreate(JobSpec):
+    """A job: the pipeline's JobSpec; `model` is a built-in model or the name or id
+    of one of your uploaded models; `dataset` names your calibration dataset."""
+
+    dataset: str | None = Field(None, min_length=1, max_length=100,
+                                description="name or id of an uploaded calibration dataset")
+
+    def job_spec(self) -> JobSpec:
+        return JobSpec.model_validate(self.model_dump(exclude={"dataset"}))
+
+
+class JobFilter(_In):
+    status: list[JobStatus] | None = Field(None, max_length=5)
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, min_length=1, max_length=200)
+
+
+class JobPublic(_Out):
+    id: uuid.UUID
+    status: JobStatus
+    stage: str
+    stage_progress: float
+    progress: float
+    message: str
+    spec: dict[str, Any]
+    model_id: uuid.UUID | None
+    dataset_id: uuid.UUID | None
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+    idempotency_key: str | None
+    timings: dict[str, Any]
+    has_result: bool
+    has_artifact: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+    @classmethod
+    def of(cls, job) -> JobPublic:
+        return cls.model_validate({
+            **{name: getattr(job, name) for name in cls.model_fields
+               if name not in ("has_result", "has_artifact")},
+            "has_result": job.result is not None,
+            "has_artifact": job.artifact_path is not None,
+        })
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="jobs matching the filters, over all pages")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class JobProgress(_Out):
+    id: uuid.UUID
+    status: JobStatus
+    stage: str
+    stage_progress: float
+    progress: float
+    message: str
+    updated_at: datetime
+
+
+# --- uploads ----------------------------------------------------------------------
+
+
+class ModelPublic(_Out):
+    id: uuid.UUID
+    name: str
+    kind: Literal["hf", "state_dict"]
+    architecture: str
+    filename: str
+    size_bytes: int
+    sha256: str
+    manifest: dict[str, Any]
+    created_at: datetime
+
+
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class DatasetPublic(_Out):
+    id: uuid.UUID
+    name: str
+    format: Literal["safetensors", "text", "jsonl"]
+    filename: str
+    size_bytes: int
+    sha256: str
+    manifest: dict[str, Any]
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
+class Page(_In):
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+# --- health -----------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: str
+    broker: str
+
+
+__all__ = ["JobResult", "JobCreate", "JobFilter", "JobPublic", "JobsPublic", "JobProgress",
+           "ModelPublic", "ModelsPublic", "DatasetPublic", "DatasetsPublic", "Page", "Health",
+           "Readiness", "NAME_PATTERN"]
