@@ -1,0 +1,279 @@
+"""One delivery of a job to a worker: claim the row, run the pipeline with a
+progress callback that writes to the database at a bounded rate and stops the
+job when it is cancelled, heartbeat meanwhile, and record how it ended."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import kombu.exceptions
+import redis.exceptions
+import sqlalchemy.exc
+from celery.exceptions import SoftTimeLimitExceeded
+
+from service import crud, storage
+from service.config import Settings
+from service.db.models import Dataset, Job, StoredModel, utcnow
+from service.db.session import session_factory
+from workers.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# failures worth retrying: the database or the broker was briefly unreachable
+TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+             redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+             kombu.exceptions.OperationalError, ConnectionError, TimeoutError)
+STAGES = (("load", 0.10), ("layers", 0.05), ("sensitivity", 0.60), ("solve", 0.05),
+          ("evaluate", 0.20))
+
+
+class JobCancelled(Exception):
+    """Raised from the progress callback when the job was cancelled."""
+
+
+class JobLost(Exception):
+    """This worker no longer holds the job (it was reaped or taken over)."""
+
+
+class NotRunnable(ValueError):
+    """A job this worker cannot run, with the reason for the user."""
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Failures that are the request's, not the service's: bad values, and the
+    pipeline's JobError (looked up only once the pipeline is loaded)."""
+    pipeline = sys.modules.get("workers.pipeline")
+    return (ValueError, pipeline.JobError) if pipeline is not None else (ValueError,)
+
+
+class Busy(Exception):
+    """Another worker is running this delivery and still heartbeating."""
+
+
+def overall_progress(stage: str, fraction: float) -> float | None:
+    done = 0.0
+    for name, weight in STAGES:
+        if name == stage:
+            return done + weight * max(0.0, min(1.0, fraction))
+        done += weight
+    return None
+
+
+class ProgressWriter:
+    """The pipeline's `progress(stage, fraction, message)`: at most one write per
+    interval (stage changes always), raising JobCancelled or JobLost."""
+
+    def __init__(self, sessions, job_id: uuid.UUID, task_id: str, attempt: int,
+                 interval_s: float):
+        self.sessions, self.job_id, self.task_id, self.attempt = (
+            sessions, job_id, task_id, attempt)
+        self.interval_s = interval_s
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self.stage = ""
+        self.progress = 0.0
+        self.last = 0.0
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise JobLost(str(self.job_id))
+        if self.cancelled.is_set():
+            raise JobCancelled(str(self.job_id))
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        self.check()
+        now = time.monotonic()
+        overall = overall_progress(stage, fraction)
+        if overall is not None:
+            self.progress = max(self.progress, overall)
+        if stage == self.stage and fraction < 1.0 and now - self.last < self.interval_s:
+            return
+        self.stage, self.last = stage, now
+        try:
+            with self.sessions() as session:
+                flag = crud.write_progress(
+                    session, self.job_id, self.task_id, self.attempt, stage=stage,
+                    stage_progress=float(fraction), progress=self.progress, message=message)
+        except TRANSIENT:
+            log.warning("job %s: progress not written (database unreachable)", self.job_id)
+            return
+        self.note(flag)
+        self.check()
+
+    def note(self, flag: bool | None) -> None:
+        if flag is None:
+            self.lost.set()
+        elif flag:
+            self.cancelled.set()
+
+
+class Heartbeat(threading.Thread):
+    """Marks the job alive while the pipeline runs, even inside a long stage."""
+
+    def __init__(self, writer: ProgressWriter, interval_s: float):
+        super().__init__(daemon=True, name=f"heartbeat-{writer.job_id}")
+        self.writer, self.interval_s = writer, interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        w = self.writer
+        while not self.stopped.wait(self.interval_s):
+            try:
+                with w.sessions() as session:
+                    w.note(crud.heartbeat(session, w.job_id, w.task_id, w.attempt))
+            except Exception:  # noqa: BLE001 (keep beating; the reaper judges silence)
+                log.warning("job %s: heartbeat failed", w.job_id, exc_info=True)
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, job_id: str, task_id: str, hostname: str | None):
+        self.settings = settings
+        self.job_id = uuid.UUID(job_id)
+        self.task_id = task_id
+        self.worker = f"{hostname or socket.gethostname()}/{os.getpid()}"
+        self.sessions = session_factory(settings.db_url)
+        self.attempt = 0
+
+    def run(self) -> str:
+        """How the delivery ended: succeeded, failed, cancelled, or why it did not run."""
+        stale = utcnow() - timedelta(seconds=self.settings.heartbeat_timeout_s)
+        with self.sessions() as session:
+            claim = crud.claim_job(session, self.job_id, self.task_id, self.worker, stale,
+                                   self.settings.max_attempts)
+        if claim.outcome == "busy":
+            raise Busy(str(self.job_id))
+        if claim.outcome != "run":
+            log.info("job %s: delivery %s not run (%s)", self.job_id, self.task_id,
+                     claim.outcome)
+            return claim.outcome
+        self.attempt = claim.attempt
+        writer = ProgressWriter(self.sessions, self.job_id, self.task_id, self.attempt,
+                                self.settings.progress_interval_s)
+        beat = Heartbeat(writer, self.settings.heartbeat_interval_s)
+        beat.start()
+        try:
+            return self._run(claim.job, writer)
+        finally:
+            beat.stopped.set()
+
+    def _run(self, job: Job, writer: ProgressWriter) -> str:
+        started = time.perf_counter()
+        try:
+            spec = JobSpec.model_validate(job.spec)
+            self._check_uploads(job, spec)
+            result = self._pipeline(spec, writer)
+        except JobCancelled:
+            return self._end("cancelled", "cancelled", None, started)
+        except JobLost:
+            log.warning("job %s: lost to another worker or the reaper; stopping", job.id)
+            return "lost"
+        except SoftTimeLimitExceeded:
+            return self._end("failed", "failed", f"time limit of "
+                             f"{self.settings.job_soft_time_limit_s} s exceeded", started)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            if isinstance(exc, _user_errors()):
+                return self._end("failed", "failed", str(exc) or type(exc).__name__, started)
+            self._end("failed", "failed", f"internal error: {type(exc).__name__}: {exc}",
+                      started)
+            raise
+        payload = result.model_dump(mode="json")
+        timings = self._timings(job, started, payload)
+        self._record_sensitivity(job, spec, payload)
+        artifact = self._pack_artifact(job)
+        return self._end("succeeded", "done", None, started, result=payload, timings=timings,
+                         artifact=artifact)
+
+    def _pipeline(self, spec: JobSpec, writer: ProgressWriter):
+        from workers.pipeline import run_job
+
+        writer.check()
+        if "artifact_dir" in inspect.signature(run_job).parameters:
+            folder = storage.job_dir(self.settings, self.job_id) / "artifact"
+            folder.mkdir(parents=True, exist_ok=True)
+            return run_job(spec, writer, artifact_dir=folder)
+        return run_job(spec, writer)
+
+    def _check_uploads(self, job: Job, spec: JobSpec) -> None:
+        with self.sessions() as session:
+            model = crud.load_upload(session, StoredModel, job.model_id)
+            dataset = crud.load_upload(session, Dataset, job.dataset_id)
+        if model is not None:
+            raise NotRunnable(
+                f"model {spec.model!r} is an uploaded {model.kind} model ({model.architecture}); "
+                "this worker has no loader for uploaded models yet, only for the built-in ones")
+        if dataset is not None:
+            raise NotRunnable(
+                f"dataset {dataset.name!r} is stored, but this worker cannot feed uploaded "
+                "calibration data to the pipeline yet; built-in models bring their own")
+
+    def _end(self, status: str, message: str, error: str | None, started: float, *,
+             result: dict[str, Any] | None = None, timings: dict[str, Any] | None = None,
+             artifact: str | None = None) -> str:
+        """Record the outcome, retrying briefly through a database hiccup."""
+        if timings is None:
+            timings = {"run_s": round(time.perf_counter() - started, 3)}
+        for delay in (0.5, 2.0, 5.0, None):
+            try:
+                with self.sessions() as session:
+                    held = crud.finish_job(session, self.job_id, self.task_id, self.attempt,
+                                           status, message=message, error=error, result=result,
+                                           timings=timings, artifact_path=artifact)
+                if not held:
+                    log.warning("job %s: finished as %s but no longer held", self.job_id, status)
+                return status
+            except TRANSIENT:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        return status
+
+    def _timings(self, job: Job, started: float, payload: dict[str, Any]) -> dict[str, Any]:
+        run_s = time.perf_counter() - started
+        queued_s = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+        sensitivity = payload.get("sensitivity", {})
+        cache = {k: v for k, v in sensitivity.items() if "cache" in k.lower()}
+        return {
+            "queued_s": round(queued_s, 3),
+            "run_s": round(run_s, 3),
+            "stages": payload.get("timings", {}),
+            "sensitivity_s": sensitivity.get("seconds"),
+            "sensitivity_cache": cache or "not reported by the pipeline",
+            "attempt": self.attempt,
+        }
+
+    def _record_sensitivity(self, job: Job, spec: JobSpec, payload: dict[str, Any]) -> None:
+        meta = payload.get("sensitivity", {})
+        key = meta.get("cache_key") or hashlib.sha256(json.dumps(
+            [spec.model, spec.method, spec.method_params, spec.quant.model_dump(),
+             spec.weight_bits, spec.seed], sort_keys=True, default=str).encode()).hexdigest()
+        hit = bool(meta.get("cache_hit") or meta.get("cached"))
+        try:
+            with self.sessions() as session:
+                crud.record_sensitivity(session, key=str(key)[:128], model=spec.model,
+                                        method=spec.method, params=spec.method_params,
+                                        seconds=float(meta.get("seconds") or 0.0), hit=hit,
+                                        job_id=job.id)
+        except TRANSIENT:
+            log.warning("job %s: sensitivity cache entry not recorded", job.id)
+
+    def _pack_artifact(self, job: Job) -> str | None:
+        folder = storage.job_dir(self.settings, job.id) / "artifact"
+        if not folder.is_dir() or not any(folder.iterdir()):
+            return None
+        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+        return storage.relative(self.settings, Path(archive))

@@ -1,0 +1,58 @@
+"""The one task: run a job by id. It re-reads the row, is safe to deliver
+twice (a claim fences every write), retries with backoff only on transient
+database or broker failures, and records every other failure on the job."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from service import crud
+from service.broker import RUN_JOB
+from workers.celery_app import app, settings
+from workers.runner import TRANSIENT, Busy, JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(retries: int) -> float:
+    """5 s, 10 s, 20 s, … capped at 5 minutes, with jitter."""
+    return min(300.0, 5.0 * 2 ** retries) * random.uniform(0.8, 1.2)
+
+
+@app.task(name=RUN_JOB, bind=True, max_retries=settings.max_transient_retries)
+def run_job(self, job_id: str) -> str:
+    runner = JobRunner(settings, job_id, self.request.id, self.request.hostname)
+    try:
+        return runner.run()
+    except Busy:
+        # the same delivery is running elsewhere and heartbeating: look again later
+        raise self.retry(countdown=settings.heartbeat_timeout_s) from None
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            _give_up(runner, exc)
+            raise
+        log.warning("job %s: transient failure (%s); retry %d of %d", job_id, exc,
+                    self.request.retries + 1, self.max_retries)
+        _release(runner, f"retrying after a transient failure: {exc}")
+        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from None
+
+
+def _release(runner: JobRunner, message: str) -> None:
+    if runner.attempt:
+        try:
+            with runner.sessions() as session:
+                crud.release_job(session, runner.job_id, runner.task_id, runner.attempt,
+                                 message)
+        except TRANSIENT:
+            pass  # the reaper will find it once its heartbeat is stale
+
+
+def _give_up(runner: JobRunner, exc: Exception) -> None:
+    try:
+        with runner.sessions() as session:
+            crud.finish_job(session, runner.job_id, runner.task_id, runner.attempt, "failed",
+                            message="failed", error=f"gave up after repeated transient "
+                                                    f"failures: {exc}")
+    except TRANSIENT:
+        log.error("job %s: could not record the failure; the reaper will", runner.job_id)
