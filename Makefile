@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/bitalloc run --model digits-cnn --budget avg_bits=4 --method hawq_v2
+	$(VENV)/bin/bitalloc serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q
