@@ -17,7 +17,8 @@ MiB = 1 << 20
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BITALLOC_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="BITALLOC_", extra="ignore", frozen=True,
+                                      populate_by_name=True)
 
     environment: Literal["local", "production"] = "local"
     data_dir: Path = Field(Path("data"), validation_alias=AliasChoices("BITALLOC_DATA"))

@@ -28,6 +28,7 @@ from service import crud, storage
 from service.config import Settings
 from service.db.models import Dataset, Job, StoredModel, utcnow
 from service.db.session import session_factory
+from workers.artifact import write_artifact
 from workers.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,9 @@ class JobRunner:
             spec = JobSpec.model_validate(job.spec)
             self._check_uploads(job, spec)
             result = self._pipeline(spec, writer)
+            payload = result.model_dump(mode="json")
+            self._record_sensitivity(job, spec, payload)
+            artifact, note = self._artifact(spec, result, writer)
         except JobCancelled:
             return self._end("cancelled", "cancelled", None, started)
         except JobLost:
@@ -191,12 +195,8 @@ class JobRunner:
             self._end("failed", "failed", f"internal error: {type(exc).__name__}: {exc}",
                       started)
             raise
-        payload = result.model_dump(mode="json")
-        timings = self._timings(job, started, payload)
-        self._record_sensitivity(job, spec, payload)
-        artifact = self._pack_artifact(job)
-        return self._end("succeeded", "done", None, started, result=payload, timings=timings,
-                         artifact=artifact)
+        return self._end("succeeded", "done" + note, None, started, result=payload,
+                         timings=self._timings(job, started, payload), artifact=artifact)
 
     def _pipeline(self, spec: JobSpec, writer: ProgressWriter):
         from workers.pipeline import run_job
@@ -271,9 +271,21 @@ class JobRunner:
         except TRANSIENT:
             log.warning("job %s: sensitivity cache entry not recorded", job.id)
 
-    def _pack_artifact(self, job: Job) -> str | None:
-        folder = storage.job_dir(self.settings, job.id) / "artifact"
-        if not folder.is_dir() or not any(folder.iterdir()):
-            return None
-        archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
-        return storage.relative(self.settings, Path(archive))
+    def _artifact(self, spec: JobSpec, result, writer: ProgressWriter) -> tuple[str | None, str]:
+        """(path of the zipped artifact, note for the job message). A job whose
+        allocation is found still succeeds when packing the model fails."""
+        folder = storage.job_dir(self.settings, self.job_id) / "artifact"
+        try:
+            if not folder.is_dir() or not any(folder.iterdir()):  # the pipeline wrote none
+                writer("artifact", 0.0, "packing the model…")
+                write_artifact(spec, result, folder)
+                writer("artifact", 1.0, "model packed")
+            archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+        except (JobCancelled, JobLost):
+            raise
+        except Exception as exc:  # noqa: BLE001 (reported on the job, the result stands)
+            log.exception("job %s: artifact not written", self.job_id)
+            return None, f"; artifact not written: {type(exc).__name__}: {exc}"
+        finally:
+            storage.remove(folder)
+        return storage.relative(self.settings, Path(archive)), ""
