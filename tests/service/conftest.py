@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from svc_helpers import make_settings, new_key
+from svc_processes import FAST_REAPING, serve, worker
 
 from service.config import Settings
 from service.db.session import dispose_engines
@@ -77,3 +79,30 @@ def redis_url() -> str:
     except OSError as exc:
         _unavailable("Redis at 127.0.0.1:6379", exc)
     return f"{REDIS}/0"
+
+
+@pytest.fixture(scope="session")
+def sqlite_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve-sqlite")
+    # empty DATABASE_URL / REDIS_URL: the defaults, whatever the caller's environment
+    env = {"BITALLOC_DATA": str(tmp / "data"), "DATABASE_URL": "", "REDIS_URL": "",
+           **FAST_REAPING}
+    with serve(tmp, env) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory, pg_url, redis_url):
+    import redis
+
+    tmp = tmp_path_factory.mktemp("serve-pg")
+    queue = f"bitalloc-test-{os.getpid()}-{int(time.time())}"
+    env = {"BITALLOC_DATA": str(tmp / "data"), "DATABASE_URL": pg_url, "REDIS_URL": redis_url,
+           "BITALLOC_QUEUE": queue, **FAST_REAPING}
+    try:
+        with serve(tmp, env, "--no-worker") as server, worker(tmp, env):
+            yield server
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(f"*{queue}*"):
+            client.delete(key)
