@@ -32,6 +32,19 @@ class RunningMean:
         """Standard error relative to |mean| (infinite for a zero mean)."""
         return self.stderr / abs(self.mean) if self.mean else math.inf
 
+    def to_state(self) -> list[float]:
+        return [self.n, self.mean, self._m2]
+
+    @classmethod
+    def from_state(cls, state: list[float]) -> RunningMean:
+        return cls(int(state[0]), float(state[1]), float(state[2]))
+
+    def probes_needed(self, tol: float, max_probes: int) -> int:
+        """Probes the stopping rule will likely need, from the spread seen so far."""
+        if self.n < 2 or not math.isfinite(self.rel_error):
+            return max_probes
+        return min(max_probes, max(self.n, math.ceil(self.n * (self.rel_error / tol) ** 2)))
+
     def done(self, tol: float, min_probes: int, max_probes: int) -> bool:
         """A real confidence test: stop once the relative standard error is under
         `tol` (after `min_probes`), or at the cap. Uses |mean|, so a negative mean

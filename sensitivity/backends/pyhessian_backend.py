@@ -58,13 +58,37 @@ def _layer_hessian(bundle: ModelBundle, batch: Batch) -> hessian:
         return hessian(_LossModule(bundle), _take_loss, data=(batch, None), cuda=False)
 
 
+def _single_batch(bundle: ModelBundle) -> Batch:
+    if len(bundle.calibration) != 1:
+        raise ValueError("backend='pyhessian' works on one calibration batch; "
+                         f"{bundle.name} has {len(bundle.calibration)}")
+    return bundle.calibration[0]
+
+
+def pyhessian_layer_trace_to_tol(bundle: ModelBundle, name: str, tol: float, min_probes: int,
+                                 max_probes: int, block: int = 4, seed: int = 0) -> RunningMean:
+    """Hutchinson samples of Tr(H_ll) from PyHessian, drawn `block` at a time from one
+    `hessian` object (one graph) until our standard-error rule stops."""
+    weight = dict(bundle.model.named_modules())[name].weight
+    stats = RunningMean()
+    batch = _single_batch(bundle)
+    with only_trainable(bundle.model, weight):
+        torch.manual_seed(seed)
+        h = _layer_hessian(bundle, batch)
+        while not stats.done(tol, min_probes, max_probes):
+            for s in h.trace(maxIter=min(block, max_probes - stats.n), tol=_NEVER):
+                stats.add(float(s))
+        del h
+    return stats
+
+
 def pyhessian_layer_trace(bundle: ModelBundle, name: str, probes: int, seed: int = 0) -> RunningMean:
     """Hutchinson samples of Tr(H_ll) from PyHessian on the first calibration batch."""
     weight = dict(bundle.model.named_modules())[name].weight
     stats = RunningMean()
     with only_trainable(bundle.model, weight):
         torch.manual_seed(seed)  # PyHessian draws its probes from the global generator
-        samples = _layer_hessian(bundle, bundle.calibration[0]).trace(maxIter=probes, tol=_NEVER)
+        samples = _layer_hessian(bundle, _single_batch(bundle)).trace(maxIter=probes, tol=_NEVER)
     for s in samples:
         stats.add(float(s))
     return stats
@@ -76,6 +100,6 @@ def pyhessian_layer_eigenvalue(bundle: ModelBundle, name: str, max_iter: int = 1
     weight = dict(bundle.model.named_modules())[name].weight
     with only_trainable(bundle.model, weight):
         torch.manual_seed(seed)
-        eigenvalues, _ = _layer_hessian(bundle, bundle.calibration[0]).eigenvalues(
+        eigenvalues, _ = _layer_hessian(bundle, _single_batch(bundle)).eigenvalues(
             maxIter=max_iter, tol=tol, top_n=1)
     return float(eigenvalues[0])

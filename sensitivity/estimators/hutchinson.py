@@ -1,11 +1,18 @@
 """Per-layer Hessian traces by Hutchinson's estimator, Tr(H_ll) = E[vᵀ H_ll v] with
 Rademacher v, stopping per layer on the standard error of the mean (DESIGN §4).
 
-Modes: `exact` probes one layer at a time (one HVP per layer per probe, no
-cross-layer noise); `shared` probes all layers with one vector and splits vᵀHv per
-layer (one HVP per probe, unbiased, but the off-diagonal blocks add variance).
-Each round draws one sample per unfinished layer: the batch-size-weighted mean of
-vᵀH_b v over the calibration batches, each batch's graph built once per round.
+Modes: `exact` probes one layer at a time (no cross-layer noise); `shared` probes
+all layers with one vector and splits vᵀHv per layer (one HVP per probe, unbiased,
+but the off-diagonal blocks add variance).
+
+Engines for `exact`: `hvp` (double backward through one graph per calibration
+batch, a block of probes per call) and `jvp` (forward mode, vᵀH_ll v =
+(J_l v)ᵀ H_out (J_l v), exact when the bundle's loss is zero-residual);
+`auto` picks `jvp` for zero-residual bundles with an output loss.
+
+Each round draws `block` samples per unfinished layer; a sample is the
+batch-size-weighted mean of vᵀH_b v over the calibration batches. The state
+(running means, probe count, generator) is checkpointed between rounds.
 """
 
 from __future__ import annotations
@@ -17,11 +24,16 @@ from dataclasses import asdict, dataclass
 import torch
 
 from sensitivity.bundle import ModelBundle
-from sensitivity.hvp import LossGraph, layer_weights, rademacher
+from sensitivity.checkpoint import current_checkpoint, generator_state, restore_generator
+from sensitivity.gauss_newton import tangent_quadratics
+from sensitivity.hvp import LossGraph, rademacher
+from sensitivity.params import check_fraction, check_positive_int
+from sensitivity.perturb import Perturbation, frozen
 from sensitivity.progress import Progress, no_progress
 from sensitivity.stats import RunningMean
 
 MODES = ("exact", "shared")
+ENGINES = ("auto", "hvp", "jvp")
 
 
 @dataclass(frozen=True)
@@ -31,14 +43,22 @@ class TraceParams:
     min_probes: int = 8
     max_probes: int = 100
     seed: int = 0
+    engine: str = "auto"
+    block: int = 4  # probes per layer per round, evaluated together
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"trace mode must be one of {MODES}, got {self.mode!r}")
-        if not 0 < self.tol < 1:
-            raise ValueError(f"tol must be in (0, 1), got {self.tol}")
-        if not 2 <= self.min_probes <= self.max_probes:
+        check_fraction("tol", self.tol)
+        check_positive_int("min_probes", self.min_probes, 2)
+        check_positive_int("max_probes", self.max_probes, 2)
+        if self.min_probes > self.max_probes:
             raise ValueError("need 2 <= min_probes <= max_probes")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "jvp" and self.mode != "exact":
+            raise ValueError("engine='jvp' needs mode='exact'")
+        check_positive_int("block", self.block)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,8 +67,20 @@ class TraceParams:
 @dataclass
 class TraceResult:
     stats: dict[str, RunningMean]
-    hvps: int  # Hessian-vector products (backward passes through the gradient graph)
+    hvps: int  # Hessian-vector products (or forward-mode tangents), per probe per batch
     seconds: float
+    engine: str
+
+
+def resolve_engine(bundle: ModelBundle, params: TraceParams) -> str:
+    if params.engine == "jvp":
+        if not bundle.zero_residual:
+            raise ValueError("engine='jvp' needs a bundle whose output loss is zero-residual "
+                             "(its Hessian is then Jᵀ H_out J); use engine='hvp'")
+        return "jvp"
+    if params.engine == "auto" and params.mode == "exact" and bundle.zero_residual:
+        return "jvp"
+    return "hvp"
 
 
 def hutchinson_traces(
@@ -56,38 +88,85 @@ def hutchinson_traces(
     progress: Progress = no_progress,
 ) -> TraceResult:
     start = time.perf_counter()
-    weights = layer_weights(bundle.model, names)
-    stats = {n: RunningMean() for n in names}
+    engine = resolve_engine(bundle, params)
+    pert = Perturbation(bundle, names)
     gen = torch.Generator().manual_seed(params.seed)
-    total = sum(bundle.batch_size(b) for b in bundle.calibration)
-    active = list(range(len(names)))
+    stats = {n: RunningMean() for n in names}
     hvps = 0
-    while active:
-        sample = dict.fromkeys(active, 0.0)
-        for batch in bundle.calibration:
-            share = bundle.batch_size(batch) / total
-            graph = LossGraph(bundle, weights, batch)
-            if params.mode == "exact":
-                for i in active:
-                    v = rademacher(weights[i], gen)
-                    sample[i] += share * _dot(v, graph.block_hvp(i, v))
-                    hvps += 1
-            else:
-                vs = [rademacher(w, gen) if i in sample else None for i, w in enumerate(weights)]
-                for i, hv in zip(active, graph.hvp(vs, active)):
-                    sample[i] += share * _dot(vs[i], hv)
-                hvps += 1
-            del graph
-        for i in active:
-            stats[names[i]].add(sample[i])
-        active = [i for i in active
-                  if not stats[names[i]].done(params.tol, params.min_probes, params.max_probes)]
-        done = len(names) - len(active)
-        worst = max((stats[names[i]].rel_error for i in active), default=0.0)
-        progress("sensitivity", done / len(names),
-                 f"{done}/{len(names)} layers converged, {hvps} HVPs, worst rel. error {worst:.1%}")
-    return TraceResult(stats, hvps, time.perf_counter() - start)
+    ckpt = current_checkpoint()
+    saved = ckpt.load()
+    if saved and saved.get("kind") == "hutchinson":
+        stats = {n: RunningMean.from_state(s) for n, s in saved["stats"].items()}
+        hvps = saved["hvps"]
+        restore_generator(gen, saved["generator"])
+    total = sum(bundle.batch_size(b) for b in bundle.calibration)
+    single = len(bundle.calibration) == 1
+    graphs: dict[int, LossGraph] = {}
+    active = [i for i, n in enumerate(names) if not _done(stats[n], params)]
+    round_seconds: list[float] = []
+    with frozen(bundle.model):
+        while active:
+            t0 = time.perf_counter()
+            k = params.block
+            sample = {i: torch.zeros(k, dtype=torch.float64) for i in active}
+            for b, batch in enumerate(bundle.calibration):
+                share = bundle.batch_size(batch) / total
+                if engine == "jvp":
+                    for i in active:
+                        v = rademacher((k, *pert.shape(i)), gen)
+                        sample[i] += share * tangent_quadratics(pert, batch, i, v)
+                        hvps += k
+                    continue
+                graph = graphs.get(b) or LossGraph(pert, batch, only=active)
+                if single:
+                    graphs[b] = graph
+                if params.mode == "exact":
+                    for i in active:
+                        v = rademacher((k, *pert.shape(i)), gen)
+                        hv = graph.block_hvp(i, v, batched=True)
+                        sample[i] += share * _rowdots(v, hv)
+                        hvps += k
+                else:
+                    for j in range(k):
+                        vs = [rademacher(pert.shape(i), gen) if i in sample else None
+                              for i in range(len(names))]
+                        for i, hv in zip(active, graph.hvp(vs, active)):
+                            sample[i][j] += share * _rowdots(vs[i][None], hv[None])[0]
+                        hvps += 1
+                if not single:
+                    del graph
+            for i in active:
+                for x in sample[i].tolist():
+                    stats[names[i]].add(x)
+            active = [i for i in active if not _done(stats[names[i]], params)]
+            round_seconds.append(time.perf_counter() - t0)
+            ckpt.save({"kind": "hutchinson", "stats": {n: s.to_state() for n, s in stats.items()},
+                       "hvps": hvps, "generator": generator_state(gen)})
+            _report(progress, names, stats, active, params, hvps, round_seconds)
+    return TraceResult(stats, hvps, time.perf_counter() - start, engine)
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a.reshape(-1).double(), b.reshape(-1).double()))
+def _done(stats: RunningMean, params: TraceParams) -> bool:
+    return stats.done(params.tol, params.min_probes, params.max_probes)
+
+
+def _report(progress, names, stats, active, params, hvps, round_seconds) -> None:
+    needed = {i: stats[names[i]].probes_needed(params.tol, params.max_probes) for i in active}
+    rounds_left = max(((needed[i] - stats[names[i]].n) / params.block for i in active), default=0)
+    recent = sum(round_seconds[-3:]) / len(round_seconds[-3:])
+    eta = max(rounds_left, 0) * recent
+    frac = sum(1.0 if i not in needed else min(1.0, stats[n].n / needed[i])
+               for i, n in enumerate(names)) / len(names)
+    done = len(names) - len(active)
+    if active:
+        worst = max(active, key=lambda i: stats[names[i]].rel_error)
+        msg = (f"{done}/{len(names)} layers converged; {names[worst]}: {stats[names[worst]].n} probes, "
+               f"rel. error {stats[names[worst]].rel_error:.1%}; {hvps} HVPs; ~{eta:.0f}s left")
+    else:
+        msg = f"{done}/{len(names)} layers converged; {hvps} HVPs"
+    progress("sensitivity", frac, msg)
+
+
+def _rowdots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-probe ⟨a_j, b_j⟩ in float64 for (k, ...) tensors."""
+    return (a.double().flatten(1) * b.double().flatten(1)).sum(1)

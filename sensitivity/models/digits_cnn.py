@@ -10,6 +10,7 @@ from torch import nn
 from sensitivity.bundle import ModelBundle
 from sensitivity.data.digits import DigitsSplit, load_digits_split
 from sensitivity.losses import task_loss
+from sensitivity.output_loss import CrossEntropyOutput
 from sensitivity.paths import atomic_write_bytes, cache_dir
 
 VERSION = 1  # bump when the architecture or training recipe changes
@@ -105,12 +106,20 @@ def load() -> ModelBundle:
             "test_loss": float(task_loss(logits, data.y_test)),
         }
 
+    output_loss = CrossEntropyOutput(label_key="y")
+
+    def output(m: nn.Module, b) -> torch.Tensor:
+        return m(b["x"])
+
     return ModelBundle(
         name="digits-cnn",
         model=model,
         calibration=[calib],
-        forward=lambda m, b: m(b["x"]),
-        loss=lambda m, b: task_loss(m(b["x"]), b["y"]),
+        forward=output,
+        loss=lambda m, b: output_loss(output(m, b), b),
+        output=output,
+        output_loss=output_loss,
+        inputs=lambda b: (b["x"],),
         evaluate=evaluate,
         quality_metric="accuracy",
         description="small residual CNN on scikit-learn digits (8x8), task loss",

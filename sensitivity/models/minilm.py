@@ -16,8 +16,8 @@ from torch import nn
 
 from sensitivity.bundle import Batch, ModelBundle
 from sensitivity.data.corpus import load_corpus
-from sensitivity.losses import distillation_mse
 from sensitivity.models.hf import load_hf_encoder
+from sensitivity.output_loss import SquaredErrorOutput
 
 MAX_TOKENS = 64
 CALIBRATION_EVERY = 20  # every 20th sentence calibrates: 16 of 320, one batch
@@ -80,12 +80,15 @@ def load() -> ModelBundle:
             "paraphrase_recall_at_1": paraphrase_recall_at_1(emb, corpus.partner),
         }
 
+    output_loss = SquaredErrorOutput(target_key="target")  # zero residual: target = FP embedding
     return ModelBundle(
         name="minilm",
         model=model,
         calibration=calibration,
         forward=embed,
-        loss=lambda m, b: distillation_mse(embed(m, b), b["target"]),
+        loss=lambda m, b: output_loss(embed(m, b), b),
+        output=embed,
+        output_loss=output_loss,
         evaluate=evaluate,
         quality_metric="cosine_to_fp",
         description="all-MiniLM-L6-v2 sentence encoder, self-distillation loss",
