@@ -38,7 +38,7 @@ TRANSIENT = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
              redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
              kombu.exceptions.OperationalError, ConnectionError, TimeoutError)
 STAGES = (("load", 0.10), ("layers", 0.05), ("sensitivity", 0.60), ("solve", 0.05),
-          ("evaluate", 0.20))
+          ("evaluate", 0.15), ("artifact", 0.05))
 
 
 class JobCancelled(Exception):
