@@ -85,8 +85,9 @@ def test_sqlite_cancel_running_job(sqlite_server):
 
 def test_worker_killed_mid_job_is_restarted_and_the_job_requeued(sqlite_server):
     api = sqlite_server.client()
-    job = api.post("/v1/jobs", json={**JOB, "seed": 1}).json()
-    wait_for(api, job["id"], lambda j: j["status"] == "running", JOB_TIMEOUT_S,
+    slower = {**JOB, "seed": 1, "method_params": {"max_probes": 16, "min_probes": 12, "tol": 0.2}}
+    job = api.post("/v1/jobs", json=slower).json()
+    wait_for(api, job["id"], lambda j: j["stage"] == "sensitivity", JOB_TIMEOUT_S,
              sqlite_server.tail)
     [pid] = sqlite_server.worker_pids()
     os.killpg(pid, signal.SIGKILL)  # the worker and its pool, as the OOM killer would
