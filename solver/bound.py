@@ -61,10 +61,12 @@ class _Separable:
         share = np.where(self.valid, m, 0.0) / self.degree[:, None]
         block = self.blocks + share[self.pu][:, :, None] + share[self.pv][:, None, :]
         rows = np.min(block, axis=2)
+        rows = np.where(np.isfinite(rows), rows, 0.0)
         cols = np.min(block - rows[:, :, None], axis=1)
+        cols = np.where(np.isfinite(cols), cols, 0.0)
         w = np.where(self.valid, share, np.inf)
-        np.add.at(w, self.pu, np.where(np.isfinite(rows), rows, 0.0))
-        np.add.at(w, self.pv, np.where(np.isfinite(cols), cols, 0.0))
+        np.add.at(w, self.pu, rows)
+        np.add.at(w, self.pv, cols)
         return w
 
 

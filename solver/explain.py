@@ -18,7 +18,7 @@ def explain(problem: Problem, c: Compiled, *, backend: str, time_limit_s: float)
     reach = []
     for b in budgets:
         k = c.kind_index(b.kind)
-        reach.append(BudgetReach(b.kind, b.limit, c.to_user(k, alone[k])))
+        reach.append(BudgetReach(b.kind, b.limit, float(c.to_user(k, float(alone[k])))))
     all_alone = all(r.reachable_alone for r in reach)
     if len(budgets) > 1 and all_alone and not c.conflicts:
         budget_s = min(_JOINT_TIME_S, time_limit_s) / len(budgets)

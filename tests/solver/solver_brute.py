@@ -11,7 +11,9 @@ from solver.problem import Problem
 def candidates(problem: Problem, name: str) -> list:
     layer = next(x for x in problem.layers if x.name == name)
     if name in problem.pins:
-        return [problem.pins[name]]
+        pin = problem.pins[name]
+        # a pin outside the layer's allowed set is a contradiction: nothing is allowed
+        return [pin] if pin in problem.allowed.get(name, layer.options) else []
     return sorted(problem.allowed.get(name, layer.options))
 
 
