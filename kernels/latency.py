@@ -72,11 +72,13 @@ def record_input_shapes(model: nn.Module, names: Sequence[str],
     """Input shapes (without the batch dim) of the named layers during one call of `run`
     (a forward pass of `model`), for `measure_latency_table(input_shapes=...)`."""
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = [
-        model.get_submodule(name).register_forward_hook(
-            lambda mod, args, out, name=name: shapes.setdefault(name, tuple(args[0].shape[1:])))
-        for name in names
-    ]
+
+    def hook(name):
+        def record(module, args, output):
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
     try:
         with torch.no_grad():
             run()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.ops import wq_linear
+from kernels.ops import linear_2d
 from kernels.packed_weight import PackedWeight, pack_weight
 from kernels.packing import packed_rows
 from kernels.quantizer import QuantConfig, num_groups
@@ -91,7 +91,7 @@ class QuantLinear(_Packed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features, expected {self.in_features}")
-        y = wq_linear(x.reshape(-1, self.in_features), self.qweight, self.scales, self.zeros,
+        y = linear_2d(x.reshape(-1, self.in_features), self.qweight, self.scales, self.zeros,
                       self.bias, self.config.bits, self.config.group_size_for(self.in_features),
                       self.in_features, self.config.symmetric)
         return y.reshape(*x.shape[:-1], self.out_features)

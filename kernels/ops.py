@@ -4,6 +4,7 @@ with a fake (meta) implementation so `torch.compile` and CUDA graphs can trace i
 Dispatch: CUDA tensors with fp16/bf16 activations and Triton installed go to the Triton
 kernels (GEMV for one row, tiled/split-K GEMM otherwise); everything else (the CPU, fp32
 activations) goes to the torch path in `kernels.fallback`. Both compute the same function.
+The modules call `linear_2d`, which skips the op on the torch path (see there).
 """
 
 from __future__ import annotations
@@ -49,12 +50,22 @@ def _(x, qweight, scales, zeros, bias, bits, group_size, in_features, symmetric)
     return x.new_empty(x.shape[0], scales.shape[1])
 
 
+def linear_2d(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+              zeros: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int,
+              in_features: int, symmetric: bool) -> torch.Tensor:
+    """`wq_linear`'s function, x (M, K) -> (M, N). Goes through the custom op where it runs
+    Triton, and straight to the torch path otherwise: the same function, without the op's
+    one-off import of torch._dynamo (seconds) in processes that never use a GPU."""
+    op = wq_linear if uses_triton(x) else fallback_linear
+    return op(x, qweight, scales, zeros, bias, bits, group_size, in_features, symmetric)
+
+
 def quant_linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None = None
                  ) -> torch.Tensor:
-    """x (..., K) @ dequant(weight)^T + bias -> (..., N), through `wq_linear`."""
+    """x (..., K) @ dequant(weight)^T + bias -> (..., N)."""
     if x.shape[-1] != weight.in_features:
         raise ValueError(f"x has {x.shape[-1]} features, the weight expects {weight.in_features}")
-    rows = x.reshape(-1, weight.in_features)
-    y = wq_linear(rows, weight.qweight, weight.scales, weight.zeros, bias, weight.config.bits,
-                  weight.group_size, weight.in_features, weight.config.symmetric)
+    y = linear_2d(x.reshape(-1, weight.in_features), weight.qweight, weight.scales, weight.zeros,
+                  bias, weight.config.bits, weight.group_size, weight.in_features,
+                  weight.config.symmetric)
     return y.reshape(*x.shape[:-1], weight.out_features)

@@ -63,9 +63,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"codes must have an integer dtype, got {codes.dtype}")
     widths = planes(bits)
     length, columns = codes.shape
-    c = codes.to(torch.int64)
-    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= 1 << bits):
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 1 << bits):
         raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for {bits} bits")
+    c = codes.to(torch.int32).contiguous()
     pad = padded_length(length) - length
     if pad:
         c = torch.cat([c, c.new_zeros(pad, columns)])
@@ -73,11 +73,12 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     for p in widths:
         per_word = WORD_BITS // p
         part = ((c >> low) & ((1 << p) - 1)).reshape(-1, per_word, columns)
-        shifts = torch.arange(per_word, dtype=torch.int64, device=c.device) * p
-        words.append((part << shifts[None, :, None]).sum(1))  # disjoint bits: sum == or
+        word = torch.zeros(part.shape[0], columns, dtype=torch.int32, device=c.device)
+        for j in range(per_word):  # int32 shifts wrap into the sign bit, as stored
+            word |= part[:, j] << (j * p)
+        words.append(word)
         low += p
-    packed = torch.cat(words)
-    return torch.where(packed >= 1 << 31, packed - (1 << 32), packed).to(torch.int32)
+    return torch.cat(words)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
