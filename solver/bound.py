@@ -15,13 +15,14 @@ every unit keeps one option and the incumbent is proven optimal outright.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from solver.compiled import Compiled
 
 _ITERATIONS = 200
+_SWEEPS = 50  # message-passing sweeps when there are pair terms
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +32,7 @@ class Bound:
     incumbent: np.ndarray | None  # a feasible assignment (choice index per unit)
     keep: np.ndarray  # (U, C) bool: options that may be in an optimal solution
     multipliers: np.ndarray  # (K,) λ per budget kind, in Ω per sum-form cost unit (0 if unlimited)
+    reduced: np.ndarray  # (U, C) reduced cost of every option at those multipliers, in Ω
 
 
 class _Separable:
@@ -53,6 +55,7 @@ class _Separable:
         if c.pairs:
             ok = self.valid[self.pu][:, :, None] & self.valid[self.pv][:, None, :]
             self.blocks = np.where(ok, np.stack([p.values for p in c.pairs]) / scale, np.inf)
+        self.colours = _edge_colours(self.pu, self.pv)
 
     def __call__(self, lam: np.ndarray, an: np.ndarray) -> np.ndarray:
         m = self.wn + np.tensordot(lam, an, axes=1)
@@ -68,6 +71,56 @@ class _Separable:
         np.add.at(w, self.pu, rows)
         np.add.at(w, self.pv, cols)
         return w
+
+    def message_passing(self, lam: np.ndarray, an: np.ndarray, sweeps: int):
+        """A tighter bound by MPLP (Globerson & Jaakkola 2007), min-sum form.
+
+        Messages μ move cost between a pair block and its two units; any messages
+        keep Σ_u b_u(x_u) + Σ_e θ'_e(x_u, x_v) equal to the Lagrangian cost, so
+        Σ_u min b_u + Σ_e min θ'_e is a valid bound and b_u - min b_u a valid
+        reduced cost. Edges of one colour share no unit and update together.
+        Returns (bound without the -λ·rhs term, per-unit beliefs b).
+        """
+        big = 1e12
+        belief = np.where(self.valid, self.wn + np.tensordot(lam, an, axes=1), big)
+        theta = np.where(np.isfinite(self.blocks), self.blocks, big)
+        mu_u = np.zeros(theta.shape[:2])
+        mu_v = np.zeros(theta.shape[:2])
+        best, best_belief = -np.inf, belief
+        for sweep in range(sweeps + 1):
+            edge = theta - mu_u[:, :, None] - mu_v[:, None, :]
+            value = float(belief.min(axis=1).sum() + edge.min(axis=(1, 2)).sum())
+            if value > best + 1e-12 * abs(value):
+                best, best_belief = value, belief.copy()
+            elif sweep:
+                break
+            if sweep == sweeps:
+                break
+            for idx in self.colours:
+                u, v = self.pu[idx], self.pv[idx]
+                bu = belief[u] - mu_u[idx]
+                bv = belief[v] - mu_v[idx]
+                block = theta[idx]
+                new_u = 0.5 * (np.min(block + bv[:, None, :], axis=2) - bu)
+                new_v = 0.5 * (np.min(block + bu[:, :, None], axis=1) - bv)
+                belief[u] = bu + new_u
+                belief[v] = bv + new_v
+                mu_u[idx], mu_v[idx] = new_u, new_v
+        return best, np.where(self.valid, best_belief, np.inf)
+
+
+def _edge_colours(pu: np.ndarray, pv: np.ndarray) -> list[np.ndarray]:
+    """Greedy edge colouring: edges of one colour share no unit."""
+    used: dict[int, set[int]] = {}
+    colour_of = []
+    for u, v in zip(pu.tolist(), pv.tolist()):
+        taken = used.setdefault(u, set()) | used.setdefault(v, set())
+        colour = next(k for k in range(len(taken) + 1) if k not in taken)
+        used[u].add(colour)
+        used[v].add(colour)
+        colour_of.append(colour)
+    colours = np.array(colour_of, dtype=int)
+    return [np.flatnonzero(colours == k) for k in range(colours.max() + 1)] if len(colours) else []
 
 
 def lagrangian_bound(
@@ -154,20 +207,56 @@ def lagrangian_bound(
         upper = true_n(incumbent)
 
     m = separable(best_lam, an)
-    reduced = m - np.min(m, axis=1, keepdims=True)
-    if incumbent is None:
-        keep = np.isfinite(c.omega)
-    else:
-        slack = upper - best_lower
-        keep = np.isfinite(c.omega) & (reduced <= slack + 1e-9 * (1.0 + abs(upper)))
-        keep[units, incumbent] = True
+    if c.pairs and upper - best_lower > closed:
+        value, beliefs = separable.message_passing(best_lam, an, _SWEEPS)
+        if value - best_lam @ bn > best_lower:
+            best_lower, m = value - best_lam @ bn, beliefs
+    reduced = (m - np.min(m, axis=1, keepdims=True)) * scale
+    lower = best_lower * scale + offset
+    value = upper * scale + offset if incumbent is not None else np.inf
     return Bound(
-        lower=best_lower * scale + offset,
-        upper=upper * scale + offset if incumbent is not None else np.inf,
+        lower=lower,
+        upper=value,
         incumbent=incumbent,
-        keep=keep,
+        keep=_keep(c, reduced, lower, value, incumbent),
         multipliers=_raw(c, active, best_lam * scale / norm),
+        reduced=reduced,
     )
+
+
+def with_incumbent(c: Compiled, bound: Bound, assign: np.ndarray) -> Bound:
+    """``bound`` with a better feasible assignment: a smaller gap drops more options."""
+    value = c.objective(assign)
+    if value >= bound.upper:
+        return bound
+    keep = _keep(c, bound.reduced, bound.lower, value, assign)
+    return replace(bound, upper=value, incumbent=assign, keep=keep)
+
+
+def heuristic_keep(bound: Bound, units: int) -> np.ndarray:
+    """Options of the ~``units`` units whose second-best option is nearest in reduced cost.
+
+    Not a proof: a small integer program over these finds a good incumbent fast.
+    """
+    second = np.where(bound.keep, bound.reduced, np.inf)
+    second[np.arange(len(second)), bound.incumbent] = np.inf
+    nearest = second.min(axis=1)
+    if np.count_nonzero(np.isfinite(nearest)) <= units:
+        return bound.keep
+    cut = np.partition(nearest, units)[units]
+    keep = bound.keep & (bound.reduced <= cut)
+    keep[np.arange(len(keep)), bound.incumbent] = True
+    return keep
+
+
+def _keep(c: Compiled, reduced, lower: float, upper: float, incumbent) -> np.ndarray:
+    """Options whose reduced cost is within the gap (all options when there is no incumbent)."""
+    if incumbent is None:
+        return np.isfinite(c.omega)
+    slack = upper - lower + 1e-9 * (abs(upper) + abs(lower)) + 1e-300
+    keep = np.isfinite(c.omega) & (reduced <= slack)
+    keep[np.arange(c.n_units), incumbent] = True
+    return keep
 
 
 def _raw(c: Compiled, active: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -257,21 +346,23 @@ def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
         slack = c.rhs[active] - costs[:, units, assign].sum(axis=1)
         weight = (np.maximum(dcost, 0.0) / np.maximum(slack, 1e-300)[:, None, None]).sum(axis=0)
         with np.errstate(invalid="ignore"):
-            candidates = np.argwhere(delta < -1e-15 * (1.0 + np.abs(c.omega)))
+            better = delta < -1e-15 * (1.0 + np.abs(c.omega))
+        # only moves that fit the slack now can fit later (slack only shrinks, bar rare
+        # moves that free a budget)
+        better &= np.all(dcost <= (slack + tol)[:, None, None], axis=0)
+        candidates = np.argwhere(better)
         if len(candidates) == 0:
             break
-        rank = delta[candidates[:, 0], candidates[:, 1]] / (
-            weight[candidates[:, 0], candidates[:, 1]] + 1e-12
-        )
+        cu, cj = candidates[:, 0], candidates[:, 1]
+        order = np.argsort(delta[cu, cj] / (weight[cu, cj] + 1e-12))
+        steps = dcost[:, cu[order], cj[order]].T.tolist()
+        room = (slack + tol).tolist()
         touched = np.zeros(c.n_units, dtype=bool)
         moved = False
-        for u, j in candidates[np.argsort(rank)]:
-            if touched[u]:
+        for u, j, step in zip(cu[order].tolist(), cj[order].tolist(), steps):
+            if touched[u] or any(d > r for d, r in zip(step, room)):
                 continue
-            step = dcost[:, u, j]
-            if np.any(step > slack + tol):
-                continue
-            slack = slack - step
+            room = [r - d for r, d in zip(room, step)]
             assign[u] = j
             touched[u] = True
             for v, _, _ in neighbours[u]:
