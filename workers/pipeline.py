@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from solver.ilp import solve
+
 from kernels.fake_quant import fake_quantize_model
 from kernels.quantizer import QuantConfig
 from sensitivity.bundle import ModelBundle
@@ -14,7 +16,6 @@ from sensitivity.layers import LayerInfo, discover_layers
 from sensitivity.models import load_model
 from sensitivity.progress import Progress, no_progress
 from sensitivity.table import Choice, choice_key
-from solver.ilp import solve
 from solver.problem import Budget, Layer, Option, Problem
 from workers.costs import choice_costs, fixed_bytes, quant_config, stored_bytes
 from workers.spec import JobResult, JobSpec, LayerResult, Quality, SolverReport, Summary
