@@ -350,11 +350,14 @@ def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
         # only moves that fit the slack now can fit later (slack only shrinks, bar rare
         # moves that free a budget)
         better &= np.all(dcost <= (slack + tol)[:, None, None], axis=0)
-        candidates = np.argwhere(better)
-        if len(candidates) == 0:
+        # one move per unit and pass: its best-ranked upgrade
+        rank = np.where(better, delta / (weight + 1e-12), np.inf)
+        pick = np.argmin(rank, axis=1)
+        cu = np.flatnonzero(np.isfinite(rank[units, pick]))
+        if len(cu) == 0:
             break
-        cu, cj = candidates[:, 0], candidates[:, 1]
-        order = np.argsort(delta[cu, cj] / (weight[cu, cj] + 1e-12))
+        cj = pick[cu]
+        order = np.argsort(rank[cu, cj])
         steps = dcost[:, cu[order], cj[order]].T.tolist()
         room = (slack + tol).tolist()
         touched = np.zeros(c.n_units, dtype=bool)
