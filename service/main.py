@@ -5,10 +5,10 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service import crud
+from service import crud, dashboard
 from service.api.main import api_router
 from service.api.routes import health
 from service.broker import make_celery
@@ -40,9 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router, prefix="/v1")
     app.include_router(health.router)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    dashboard.mount(app)
 
     @app.exception_handler(UploadError)
     @app.exception_handler(SubmitError)

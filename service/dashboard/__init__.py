@@ -1,0 +1,23 @@
+"""The dashboard: static HTML, JS, CSS and hand-written SVG charts served at `/`.
+Nothing is loaded from the internet; the page talks to /v1 with the API key the
+person signs in with (kept in sessionStorage, so it leaves with the tab)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+ROOT = Path(__file__).parent
+
+
+def mount(app: FastAPI) -> None:
+    """`/` is the single page; `/dashboard/...` its scripts and styles."""
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(ROOT / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/dashboard", StaticFiles(directory=ROOT), name="dashboard")
