@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kernels.modules import QuantConv, QuantEmbedding, QuantLinear
-from kernels.quantizer import QuantConfig
+from kernels.quantizer import QuantConfig, fake_quantize
 
 LAYER_KINDS: dict[type, str] = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d",
                                 nn.Embedding: "embedding"}
@@ -80,4 +80,6 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn
         module = packed.get_submodule(name)
         if config.quantized and not isinstance(module, PACKED_TYPES):
             packed.set_submodule(name, pack_module(module, config))
+        elif not config.quantized:  # left in 16-bit: the values its 16-bit storage holds
+            module.weight.data = fake_quantize(module.weight.data, config)
     return packed

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kernels.apply import PACKED_TYPES, apply_allocation, empty_packed_module, layer_kind
-from kernels.quantizer import QuantConfig
+from kernels.quantizer import QuantConfig, sixteen_bit_dtype
 
 FORMAT = "bitalloc.packed"
 FORMAT_VERSION = "1"
@@ -38,11 +38,6 @@ PACKING = ("codes packed along K into int32 words, K padded to a multiple of 32;
            "b bits split into power-of-two bit planes (3 = 2+1, 5 = 4+1, 6 = 4+2) stacked "
            "along K, so 32 values take b words (GPTQ layout for 2, 4, 8 bits); fp16 scales "
            "(groups, N); zero points packed along N the same way (groups, N_pad*b/32)")
-
-
-def sixteen_bit_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The 16-bit dtype a 16-bit layer's weight is stored in."""
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
 
 
 def save_artifact(model: nn.Module, configs: Mapping[str, QuantConfig],

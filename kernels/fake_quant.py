@@ -15,7 +15,7 @@ from kernels.quantizer import QuantConfig, fake_quantize
 @torch.no_grad()
 def fake_quantize_model(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn.Module:
     """A copy of `model` whose module `name`'s weight is Q(W) for each entry of
-    `configs` (16-bit entries keep their weight)."""
+    `configs` (16-bit entries: the weight rounded to its 16-bit storage dtype)."""
     modules = dict(model.named_modules())
     unknown = sorted(set(configs) - set(modules))
     if unknown:
@@ -23,7 +23,6 @@ def fake_quantize_model(model: nn.Module, configs: Mapping[str, QuantConfig]) ->
     quantized = copy.deepcopy(model)
     qmodules = dict(quantized.named_modules())
     for name, config in configs.items():
-        if config.quantized:
-            weight = qmodules[name].weight
-            weight.copy_(fake_quantize(weight, config))
+        weight = qmodules[name].weight
+        weight.copy_(fake_quantize(weight, config))
     return quantized

@@ -107,10 +107,16 @@ def quantize(weight: torch.Tensor, config: QuantConfig) -> QuantizedWeight:
     )
 
 
+def sixteen_bit_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit dtype a layer left at 16 bits is stored in."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+
+
 def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
-    """Q_b(W): quantize then dequantize, same shape and dtype as `weight`."""
+    """Q_b(W): quantize then dequantize, same shape and dtype as `weight`. At 16 bits
+    the weight is rounded to its 16-bit storage dtype, as the artifact stores it."""
     if not config.quantized:
-        return weight.detach().clone()
+        return weight.detach().to(sixteen_bit_dtype(weight.dtype)).to(weight.dtype)
     return quantize(weight, config).dequantize(weight.dtype)
 
 

@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if spec.method not in method_names():
         raise UsageError(f"unknown method {spec.method!r}; methods: {', '.join(method_names())}")
     try:
-        result = run_job(spec, ProgressPrinter())
+        result = run_job(spec, ProgressPrinter(), artifact_dir=args.artifact)
     except (JobError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
@@ -117,6 +117,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(result.model_dump_json(indent=2))
         print(f"\nresult written to {args.json}")
+    if args.artifact:
+        print(f"packed model written to {args.artifact} (model.safetensors, allocation.json)")
     return 0
 
 
@@ -167,6 +169,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--mse-clip", action="store_true", help="MSE-optimal clipping")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    run.add_argument("--artifact", metavar="DIR", help="write the packed mixed-precision model here")
     run.set_defaults(func=cmd_run)
     add_service_commands(sub)
     return parser

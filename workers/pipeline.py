@@ -3,11 +3,12 @@ sensitivity → solve → evaluate. Runs the same in the CLI, tests and Celery."
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from solver.ilp import solve
-
+from kernels.artifact import save_artifact
 from kernels.fake_quant import fake_quantize_model
 from kernels.quantizer import QuantConfig
 from sensitivity.bundle import ModelBundle
@@ -16,6 +17,7 @@ from sensitivity.layers import LayerInfo, discover_layers
 from sensitivity.models import load_model
 from sensitivity.progress import Progress, no_progress
 from sensitivity.table import Choice, choice_key
+from solver.ilp import solve
 from solver.problem import Budget, Layer, Option, Problem
 from workers.costs import choice_costs, fixed_bytes, quant_config, stored_bytes
 from workers.spec import JobResult, JobSpec, LayerResult, Quality, SolverReport, Summary
@@ -28,7 +30,9 @@ class JobError(Exception):
     """A job that cannot produce a result, with a message for the user."""
 
 
-def run_job(spec: JobSpec, progress: Progress = no_progress) -> JobResult:
+def run_job(spec: JobSpec, progress: Progress = no_progress,
+            artifact_dir: str | os.PathLike | None = None) -> JobResult:
+    """Run the job; with `artifact_dir`, also write the packed model there."""
     timings: dict[str, float] = {}
 
     def stage(name: str):
@@ -77,8 +81,27 @@ def run_job(spec: JobSpec, progress: Progress = no_progress) -> JobResult:
     stage("evaluate")
     result = _evaluate(spec, bundle, layers, unused, table, allocation, base)
     done("evaluate")
+    if artifact_dir is not None:
+        stage("artifact")
+        write_artifact(bundle, spec, result, Path(artifact_dir))
+        done("artifact")
     result.timings.update(timings)
     return result
+
+
+def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path) -> Path:
+    """`model.safetensors` (packed) + `allocation.json` for the result's allocation."""
+    q = spec.quant
+    configs = {layer.name: QuantConfig(layer.w_bits, q.group_size, q.symmetric, q.mse_clip)
+               for layer in result.layers}
+    allocation = {
+        "model": spec.model,
+        "layers": {layer.name: {"w_bits": layer.w_bits, "a_bits": layer.a_bits} for layer in result.layers},
+        "unused_layers": result.unused_layers,
+        "quant": q.model_dump(),
+        "summary": result.summary.model_dump(),
+    }
+    return save_artifact(bundle.model, configs, directory, allocation)
 
 
 def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo],

@@ -5,7 +5,6 @@ job when it is cancelled, heartbeat meanwhile, and record how it ended."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ from service import crud, storage
 from service.config import Settings
 from service.db.models import Dataset, Job, StoredModel, utcnow
 from service.db.session import session_factory
-from workers.artifact import write_artifact
 from workers.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -178,7 +176,7 @@ class JobRunner:
             result = self._pipeline(spec, writer)
             payload = result.model_dump(mode="json")
             self._record_sensitivity(job, spec, payload)
-            artifact, note = self._artifact(spec, result, writer)
+            artifact, note = self._artifact()
         except JobCancelled:
             return self._end("cancelled", "cancelled", None, started)
         except JobLost:
@@ -202,11 +200,9 @@ class JobRunner:
         from workers.pipeline import run_job
 
         writer.check()
-        if "artifact_dir" in inspect.signature(run_job).parameters:
-            folder = storage.job_dir(self.settings, self.job_id) / "artifact"
-            folder.mkdir(parents=True, exist_ok=True)
-            return run_job(spec, writer, artifact_dir=folder)
-        return run_job(spec, writer)
+        folder = storage.job_dir(self.settings, self.job_id) / "artifact"
+        folder.mkdir(parents=True, exist_ok=True)
+        return run_job(spec, writer, artifact_dir=folder)
 
     def _check_uploads(self, job: Job, spec: JobSpec) -> None:
         with self.sessions() as session:
@@ -271,15 +267,10 @@ class JobRunner:
         except TRANSIENT:
             log.warning("job %s: sensitivity cache entry not recorded", job.id)
 
-    def _artifact(self, spec: JobSpec, result, writer: ProgressWriter) -> tuple[str | None, str]:
-        """(path of the zipped artifact, note for the job message). A job whose
-        allocation is found still succeeds when packing the model fails."""
+    def _artifact(self) -> tuple[str | None, str]:
+        """(path of the zipped artifact the pipeline wrote, note for the job message)."""
         folder = storage.job_dir(self.settings, self.job_id) / "artifact"
         try:
-            if not folder.is_dir() or not any(folder.iterdir()):  # the pipeline wrote none
-                writer("artifact", 0.0, "packing the model…")
-                write_artifact(spec, result, folder)
-                writer("artifact", 1.0, "model packed")
             archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
         except (JobCancelled, JobLost):
             raise

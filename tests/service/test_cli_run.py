@@ -3,14 +3,19 @@
 import json
 
 import pytest
+import torch
 
+from kernels.artifact import load_artifact
+from kernels.fake_quant import fake_quantize_model
+from kernels.quantizer import QuantConfig
+from sensitivity.models.digits_cnn import DigitsCNN
 from service.cli import main
 
 FAST = ["--param", "tol=0.25", "--param", "min_probes=4", "--param", "max_probes=12"]
 
 
 def test_run_prints_table_summary_and_writes_json(tmp_path, capsys, digits_bundle):
-    out = tmp_path / "result.json"
+    out, artifact = tmp_path / "result.json", tmp_path / "artifact"
     code = main(
         [
             "run",
@@ -22,6 +27,8 @@ def test_run_prints_table_summary_and_writes_json(tmp_path, capsys, digits_bundl
             "hawq_v2",
             "--json",
             str(out),
+            "--artifact",
+            str(artifact),
             *FAST,
         ]
     )
@@ -31,6 +38,12 @@ def test_run_prints_table_summary_and_writes_json(tmp_path, capsys, digits_bundl
         assert text in printed
     result = json.loads(out.read_text())
     assert result["summary"]["avg_bits"] <= 4 and len(result["layers"]) == 7
+    # the artifact loads without the full-precision weights and runs at the chosen widths
+    packed = load_artifact(artifact, DigitsCNN)
+    configs = {layer["name"]: QuantConfig(layer["w_bits"]) for layer in result["layers"]}
+    x = digits_bundle.calibration[0]["x"][:32]
+    expected = fake_quantize_model(digits_bundle.model, configs)(x)
+    torch.testing.assert_close(packed(x), expected, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize(
