@@ -22,9 +22,16 @@ Estimator = Callable[
 
 
 def _methods() -> dict[str, Estimator]:
-    from sensitivity.estimators import hawq_v2
+    from sensitivity.estimators import empirical, fisher, hawq_v1, hawq_v2, interlayer, lrp
 
-    return {"hawq_v2": hawq_v2.estimate}
+    return {
+        "hawq_v1": hawq_v1.estimate,
+        "hawq_v2": hawq_v2.estimate,
+        "fisher": fisher.estimate,
+        "empirical": empirical.estimate,
+        "lrp": lrp.estimate,
+        "interlayer": interlayer.estimate,
+    }
 
 
 METHODS: dict[str, Estimator] = _methods()

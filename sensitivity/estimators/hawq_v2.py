@@ -45,9 +45,9 @@ def parse_params(params: dict[str, Any], method: str = "hawq_v2") -> tuple[Trace
 
 
 def layer_traces(bundle: ModelBundle, names: Sequence[str], trace: TraceParams, backend: str,
-                 progress: Progress) -> TraceResult:
+                 progress: Progress, gauss_newton: bool = False) -> TraceResult:
     if backend == "bitalloc":
-        return hutchinson_traces(bundle, names, trace, progress)
+        return hutchinson_traces(bundle, names, trace, progress, gauss_newton)
     from sensitivity.backends.pyhessian_backend import pyhessian_layer_trace_to_tol
 
     start = time.perf_counter()
@@ -64,10 +64,10 @@ def layer_traces(bundle: ModelBundle, names: Sequence[str], trace: TraceParams, 
 
 def trace_table(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo],
                 choices: Sequence[Choice], quant: QuantConfig, trace: TraceParams, backend: str,
-                progress: Progress) -> SensitivityTable:
+                progress: Progress, gauss_newton: bool = False) -> SensitivityTable:
     start = time.perf_counter()
     names = [layer.name for layer in layers]
-    result = layer_traces(bundle, names, trace, backend, progress)
+    result = layer_traces(bundle, names, trace, backend, progress, gauss_newton)
     n = {layer.name: layer.params for layer in layers}
     per_weight = {name: s.mean / n[name] for name, s in result.stats.items()}
     errors = quant_errors(bundle.model, names, choices, quant)

@@ -6,9 +6,14 @@ all layers with one vector and splits vᵀHv per layer (one HVP per probe, unbia
 but the off-diagonal blocks add variance).
 
 Engines for `exact`: `hvp` (double backward through one graph per calibration
-batch, a block of probes per call) and `jvp` (forward mode, vᵀH_ll v =
-(J_l v)ᵀ H_out (J_l v), exact when the bundle's loss is zero-residual);
-`auto` picks `jvp` for zero-residual bundles with an output loss.
+batch, a block of probes per call); and, for bundles whose loss is zero-residual
+(the Hessian is then exactly the Gauss–Newton matrix Jᵀ H_out J), `jvp` (forward
+mode, the same sample vᵀH_ll v = (J_l v)ᵀ H_out (J_l v) as `hvp`), `gn` (probes
+u ~ H_out^{1/2} in output space: one backward gives Σ_s ‖J_{l,s}ᵀ u_s‖² for every
+layer at once, per-sample so cross-sample terms add no noise) and `gn_joint`
+(‖J_lᵀ u‖², cross-sample terms kept). `auto` picks `gn` for zero-residual
+bundles, `hvp` otherwise. The `fisher` method runs the `gn` engines on any
+bundle with an output loss (then the Gauss–Newton/Fisher trace, not the Hessian's).
 
 Each round draws `block` samples per unfinished layer; a sample is the
 batch-size-weighted mean of vᵀH_b v over the calibration batches. The state
@@ -25,7 +30,7 @@ import torch
 
 from sensitivity.bundle import ModelBundle
 from sensitivity.checkpoint import current_checkpoint, generator_state, restore_generator
-from sensitivity.gauss_newton import tangent_quadratics
+from sensitivity.gauss_newton import output_probe_norms, per_sample_probe_norms, tangent_quadratics
 from sensitivity.hvp import LossGraph, rademacher
 from sensitivity.params import check_fraction, check_positive_int
 from sensitivity.perturb import Perturbation, frozen
@@ -33,7 +38,8 @@ from sensitivity.progress import Progress, no_progress
 from sensitivity.stats import RunningMean
 
 MODES = ("exact", "shared")
-ENGINES = ("auto", "hvp", "jvp")
+ENGINES = ("auto", "hvp", "jvp", "gn", "gn_joint")
+GN_ENGINES = ("gn", "gn_joint")
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,8 @@ class TraceParams:
             raise ValueError("need 2 <= min_probes <= max_probes")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine == "jvp" and self.mode != "exact":
-            raise ValueError("engine='jvp' needs mode='exact'")
+        if self.engine != "auto" and self.engine != "hvp" and self.mode != "exact":
+            raise ValueError(f"engine={self.engine!r} needs mode='exact'")
         check_positive_int("block", self.block)
 
     def as_dict(self) -> dict:
@@ -67,28 +73,36 @@ class TraceParams:
 @dataclass
 class TraceResult:
     stats: dict[str, RunningMean]
-    hvps: int  # Hessian-vector products (or forward-mode tangents), per probe per batch
+    hvps: int  # HVPs, forward-mode tangents or backward passes (gn engines), per probe per batch
     seconds: float
     engine: str
 
 
-def resolve_engine(bundle: ModelBundle, params: TraceParams) -> str:
-    if params.engine == "jvp":
+def resolve_engine(bundle: ModelBundle, params: TraceParams, gauss_newton: bool = False) -> str:
+    """The engine to run. `gauss_newton=True` (the fisher method) accepts the output-space
+    engines on any bundle with an output loss; otherwise they need a zero-residual loss."""
+    if gauss_newton:
+        bundle.require_output_loss("fisher")
+        if params.engine not in ("auto",) + GN_ENGINES:
+            raise ValueError(f"fisher runs engine 'gn' or 'gn_joint', got {params.engine!r}")
+        return "gn" if params.engine == "auto" else params.engine
+    if params.engine in ("jvp",) + GN_ENGINES:
         if not bundle.zero_residual:
-            raise ValueError("engine='jvp' needs a bundle whose output loss is zero-residual "
-                             "(its Hessian is then Jᵀ H_out J); use engine='hvp'")
-        return "jvp"
+            raise ValueError(f"engine={params.engine!r} needs a bundle whose output loss is "
+                             "zero-residual (its Hessian is then Jᵀ H_out J); use engine='hvp', "
+                             "or method 'fisher' for the Gauss–Newton trace")
+        return params.engine
     if params.engine == "auto" and params.mode == "exact" and bundle.zero_residual:
-        return "jvp"
+        return "gn"
     return "hvp"
 
 
 def hutchinson_traces(
     bundle: ModelBundle, names: Sequence[str], params: TraceParams,
-    progress: Progress = no_progress,
+    progress: Progress = no_progress, gauss_newton: bool = False,
 ) -> TraceResult:
     start = time.perf_counter()
-    engine = resolve_engine(bundle, params)
+    engine = resolve_engine(bundle, params, gauss_newton)
     pert = Perturbation(bundle, names)
     gen = torch.Generator().manual_seed(params.seed)
     stats = {n: RunningMean() for n in names}
@@ -111,6 +125,13 @@ def hutchinson_traces(
             sample = {i: torch.zeros(k, dtype=torch.float64) for i in active}
             for b, batch in enumerate(bundle.calibration):
                 share = bundle.batch_size(batch) / total
+                if engine in GN_ENGINES:
+                    probe = per_sample_probe_norms if engine == "gn" else output_probe_norms
+                    norms = probe(pert, batch, k, gen, layers=active)
+                    for c, i in enumerate(active):
+                        sample[i] += share * norms[:, c]
+                    hvps += k
+                    continue
                 if engine == "jvp":
                     for i in active:
                         v = rademacher((k, *pert.shape(i)), gen)

@@ -1,0 +1,91 @@
+"""`lrp` (LRP-QViT): Ω_l(b) = R_l · ‖ΔW_l(b)‖² / ‖W_l‖², R_l the layer's relevance
+from layer-wise relevance propagation over the calibration data, Σ|R| at the
+layer's output normalised so Σ_l R_l = 1.
+
+Params: rules ("auto": captum for models without LayerNorm, modified_gradient
+otherwise; "captum"; "modified_gradient"), eps (epsilon rule, default 1e-6).
+layer_stats carry R_l and `conservation` = Σ R at the layer / output relevance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from kernels.quantizer import QuantConfig
+from sensitivity.bundle import ModelBundle
+from sensitivity.layers import LayerInfo
+from sensitivity.lrp.relevance import LayerRelevance
+from sensitivity.omega import quant_errors, weight_norms
+from sensitivity.params import build_params
+from sensitivity.progress import Progress
+from sensitivity.table import Choice, SensitivityTable
+
+RULES = ("auto", "captum", "modified_gradient")
+
+
+@dataclass(frozen=True)
+class LRPParams:
+    rules: str = "auto"
+    eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.rules not in RULES:
+            raise ValueError(f"rules must be one of {RULES}, got {self.rules!r}")
+        if not isinstance(self.eps, (int, float)) or self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+
+
+def resolve_rules(bundle: ModelBundle, rules: str) -> str:
+    if rules != "auto":
+        return rules
+    transformer = any(isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)) for m in bundle.model.modules())
+    return "modified_gradient" if transformer or bundle.inputs is None else "captum"
+
+
+def layer_relevance(bundle: ModelBundle, names: Sequence[str], p: LRPParams,
+                    progress: Progress) -> tuple[LayerRelevance, str]:
+    bundle.require_output_loss("lrp")
+    rules = resolve_rules(bundle, p.rules)
+    total: LayerRelevance | None = None
+    if rules == "captum":
+        from sensitivity.lrp import captum_rules
+
+        gm = captum_rules.canonize(bundle.model)
+        run = lambda batch: captum_rules.batch_relevance(bundle, gm, batch, names)  # noqa: E731
+    else:
+        from sensitivity.lrp import modified_gradient
+
+        run = lambda batch: modified_gradient.batch_relevance(bundle, batch, names, p.eps)  # noqa: E731
+    for k, batch in enumerate(bundle.calibration):
+        r = run(batch)
+        total = r if total is None else total.add(r)
+        progress("sensitivity", (k + 1) / len(bundle.calibration), f"LRP ({rules}) batch {k + 1}")
+    return total, rules
+
+
+def estimate(
+    bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
+    quant: QuantConfig, params: dict[str, Any], progress: Progress,
+) -> SensitivityTable:
+    start = time.perf_counter()
+    p = build_params(LRPParams, params, "lrp")
+    names = [layer.name for layer in layers]
+    rel, rules = layer_relevance(bundle, names, p, progress)
+    r = rel.normalised()
+    errors = quant_errors(bundle.model, names, choices, quant)
+    norms = weight_norms(bundle.model, names)
+    omega = {n: {c: r[n] * e / norms[n] if norms[n] > 0 else 0.0 for c, e in errors[n].items()}
+             for n in names}
+    return SensitivityTable(
+        method="lrp",
+        omega=omega,
+        layer_stats={n: {"relevance": r[n], "conservation": rel.signed[n] / rel.output if rel.output else 0.0}
+                     for n in names},
+        meta={"params": asdict(p), "rules": rules, "output_relevance": rel.output,
+              "seconds": time.perf_counter() - start},
+    )
