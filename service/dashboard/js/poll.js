@@ -1,6 +1,7 @@
 // Polls `tick` while a view is shown: every `base` ms while the tab is visible
-// (slower when `tick` says nothing is moving), backing off exponentially up to
-// `max` ms while the tab is hidden, and once more right away when it comes back.
+// (every `idle` ms when `tick` says nothing is moving); while the tab is hidden
+// it backs off exponentially (4, 8, 16… times `base`, up to `max` ms), and polls
+// once more right away when the tab comes back.
 export function poller(tick, { base = 1000, idle = 5000, max = 60_000 } = {}) {
   let timer = null;
   let hiddenDelay = base;
@@ -13,7 +14,7 @@ export function poller(tick, { base = 1000, idle = 5000, max = 60_000 } = {}) {
     if (stopped) return;
     let delay = busy ? base : idle;
     if (document.hidden) {
-      hiddenDelay = Math.min(max, hiddenDelay * 2);
+      hiddenDelay = Math.min(max, hiddenDelay * (hiddenDelay === base ? 4 : 2));
       delay = Math.max(delay, hiddenDelay);
     } else {
       hiddenDelay = base;

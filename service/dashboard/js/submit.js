@@ -60,7 +60,7 @@ export function submitView(root) {
       h("div.row", {}, BUDGETS.map(([k, label]) => field(`budgets.${k}`, label, budgetInputs[k]))),
       h("div.field-error", { id: "error-budgets" }),
       field("weight_bits", "Candidate weight widths", h("div.checks", { id: "weight-bits" },
-        widths.map((w) => h("label", {}, w, `${w}`))))),
+        widths.map((w) => h("label", {}, w, `${w.value}-bit`))))),
     h("div.card", {}, h("h2", {}, "Quantization and overrides"),
       h("div.row", {}, field("quant", "Group size", groupSize),
         h("div.field.checks", {}, h("label", {}, symmetric, "symmetric"), h("label", {}, mseClip, "MSE clipping")),

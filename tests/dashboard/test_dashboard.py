@@ -1,0 +1,145 @@
+"""The dashboard in a real headless Chromium against a real server and worker:
+sign in, submit through the form, watch progress move, see the charts, and keep
+a screenshot of each page."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from dash_helpers import (
+    CHEAP_JOB,
+    count_fetches,
+    css,
+    new_tenant_key,
+    one,
+    open_signed_in,
+    set_hidden,
+    text_of,
+    until,
+)
+
+
+def test_sign_in_refuses_a_bad_key_and_keeps_the_key_in_the_session(browser, dashboard_server,
+                                                                      screenshots):
+    browser.get(dashboard_server.url + "/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    one(browser, "#api-key").send_keys("ba_not_a_key")
+    one(browser, "#signin-submit").click()
+    until(browser, lambda: "not accepted" in text_of(browser, "#signin-error"))
+    screenshots(browser, "sign-in")
+    key = one(browser, "#api-key")
+    key.clear()
+    key.send_keys(dashboard_server.key)
+    one(browser, "#signin-submit").click()
+    one(browser, "#jobs-table")
+    assert browser.execute_script("return sessionStorage.getItem('bitalloc.apiKey')") == \
+        dashboard_server.key
+    assert browser.execute_script("return localStorage.length") == 0
+    assert dashboard_server.key not in browser.page_source
+
+
+def test_submit_form_shows_the_api_validation_next_to_the_field(browser, dashboard_server,
+                                                                 screenshots):
+    open_signed_in(browser, dashboard_server, dashboard_server.key, "#/submit")
+    budget = one(browser, "#budget-avg_bits")
+    budget.clear()
+    budget.send_keys("0")
+    one(browser, "#submit-job").click()
+    until(browser, lambda: "must be positive" in text_of(browser, "#error-budgets"))
+    model = one(browser, "#model-source")
+    browser.execute_script("arguments[0].add(new Option('nosuch', 'nosuch'));"
+                           "arguments[0].value = 'nosuch'", model)
+    budget.clear()
+    budget.send_keys("4")
+    one(browser, "#submit-job").click()
+    until(browser, lambda: "unknown model 'nosuch'" in text_of(browser, "#error-model"))
+    assert one(browser, "#error-budgets").text == ""
+    screenshots(browser, "submit-validation")
+
+
+def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, screenshots,
+                                                   tmp_path):
+    server = dashboard_server
+    open_signed_in(browser, server, server.key, "#/submit")
+    one(browser, "#budget-avg_bits")
+    screenshots(browser, "submit")
+    one(browser, "#submit-job").click()
+    until(browser, lambda: "#/jobs/" in browser.current_url)
+    job_id = browser.current_url.rsplit("/", 1)[1]
+    spec = server.client().get(f"/v1/jobs/{job_id}").json()["spec"]
+    assert spec["method_params"] == CHEAP_JOB["method_params"] and spec["budgets"] == {"avg_bits": 4}
+
+    # polling backs off while the tab is hidden and catches up when it returns
+    one(browser, "#job-progress")
+    visible = count_fetches(browser, 8)
+    set_hidden(browser, True)
+    hidden = count_fetches(browser, 8)
+    set_hidden(browser, False)
+    assert visible >= 5 and hidden <= 2, (visible, hidden)
+
+    # the list shows the job with its progress bar while it runs
+    browser.get(f"{server.url}/#/jobs")
+    row = one(browser, f"tr[data-job='{job_id}']")
+    assert row.get_attribute("data-status") in ("queued", "running")
+    assert css(browser, f"tr[data-job='{job_id}'] [role=progressbar]")
+    screenshots(browser, "jobs-running")
+
+    browser.get(f"{server.url}/#/jobs/{job_id}")
+    seen = []
+    deadline = time.monotonic() + 240
+    while not css(browser, "#bits-chart") and time.monotonic() < deadline:
+        text = text_of(browser, "#job-progress")
+        if text is not None and (not seen or seen[-1] != text):
+            seen.append(text)
+        time.sleep(0.2)
+    assert css(browser, "#bits-chart"), f"no result after 240 s; progress {seen}\n{server.tail()}"
+    moving = [p for p in seen if p not in ("0%", "100%")]
+    assert len(set(moving)) >= 2, f"progress did not move: {seen}"
+    assert [int(p[:-1]) for p in seen] == sorted(int(p[:-1]) for p in seen), seen
+
+    result = server.client().get(f"/v1/jobs/{job_id}/result").json()
+    layers = result["layers"]
+    bars = css(browser, "#bits-chart rect.bar-layer")
+    assert [b.get_attribute("data-layer") for b in bars] == [layer["name"] for layer in layers]
+    assert [int(b.get_attribute("data-bits")) for b in bars] == [layer["w_bits"] for layer in layers]
+    assert len({b.get_attribute("fill") for b in bars}) == len({layer["w_bits"] for layer in layers})
+    assert len(css(browser, "#sensitivity-chart .sens-layer")) == len(layers)
+    assert len(css(browser, "#sensitivity-chart circle.sens-point")) == \
+        sum(1 for layer in layers if layer["stats"]["trace"] > 0)
+    assert len(css(browser, "#sensitivity-chart .sens-err")) == \
+        sum(1 for layer in layers if layer["stats"]["trace_se"] > 0 and layer["stats"]["trace"] > 0)
+    assert len(css(browser, "#pareto-chart .pareto-chosen")) == 1
+    assert len(css(browser, "#pareto-chart .pareto-uniform")) >= 3
+    assert len(css(browser, "#layer-table tbody tr")) == len(layers)
+    assert f"{result['summary']['avg_bits']:.3f}" in one(browser, "#summary").text
+    assert "Uniform 4-bit is" in text_of(browser, "#quality")
+    assert one(browser, ".badge").text == "succeeded"
+    screenshots(browser, "job")
+
+    browser.execute_cdp_cmd("Page.setDownloadBehavior",
+                            {"behavior": "allow", "downloadPath": str(tmp_path)})
+    one(browser, "#download-result").click()
+    one(browser, "#download-artifact").click()
+    until(browser, lambda: {p.name for p in tmp_path.iterdir()} >= {f"bitalloc-{job_id}.json"}
+          and any(p.name.startswith(f"bitalloc-{job_id}.") and p.suffix not in (".json", ".crdownload")
+                  for p in tmp_path.iterdir()), 30)
+    assert json.loads((tmp_path / f"bitalloc-{job_id}.json").read_text())["layers"] == layers
+
+    browser.get(f"{server.url}/#/jobs?status=succeeded")
+    row = one(browser, f"tr[data-job='{job_id}']")
+    assert row.get_attribute("data-status") == "succeeded"
+    screenshots(browser, "jobs")
+
+
+def test_another_tenant_sees_none_of_the_jobs(browser, dashboard_server):
+    server = dashboard_server
+    theirs = server.client().post("/v1/jobs", json={**CHEAP_JOB, "budgets": {"avg_bits": 8}}).json()
+    other = new_tenant_key(server, "someone-else")
+    open_signed_in(browser, server, other, "#/jobs")
+    until(browser, lambda: text_of(browser, "#jobs-count") == "(0)")
+    assert not css(browser, "tr[data-job]")
+    browser.get(f"{server.url}/#/jobs/{theirs['id']}")
+    until(browser, lambda: "No job" in (text_of(browser, "#job-head") or ""))
+    server.client().post(f"/v1/jobs/{theirs['id']}/cancel")
