@@ -15,6 +15,8 @@ every unit keeps one option and the incumbent is proven optimal outright.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,6 +35,7 @@ class Bound:
     keep: np.ndarray  # (U, C) bool: options that may be in an optimal solution
     multipliers: np.ndarray  # (K,) λ per budget kind, in Ω per sum-form cost unit (0 if unlimited)
     reduced: np.ndarray  # (U, C) reduced cost of every option at those multipliers, in Ω
+    complete: bool = True  # False when the deadline cut the refinement short
 
 
 class _Separable:
@@ -72,7 +75,7 @@ class _Separable:
         np.add.at(w, self.pv, cols)
         return w
 
-    def message_passing(self, lam: np.ndarray, an: np.ndarray, sweeps: int):
+    def message_passing(self, lam: np.ndarray, an: np.ndarray, sweeps: int, deadline: float):
         """A tighter bound by MPLP (Globerson & Jaakkola 2007), min-sum form.
 
         Messages μ move cost between a pair block and its two units; any messages
@@ -94,7 +97,7 @@ class _Separable:
                 best, best_belief = value, belief.copy()
             elif sweep:
                 break
-            if sweep == sweeps:
+            if sweep == sweeps or time.perf_counter() > deadline:
                 break
             for idx in self.colours:
                 u, v = self.pu[idx], self.pv[idx]
@@ -129,12 +132,14 @@ def lagrangian_bound(
     iterations: int = _ITERATIONS,
     close_gap: float = 0.0,
     start: Bound | None = None,
+    deadline: float = math.inf,
 ) -> Bound:
     """Bound the optimum of ``c`` and find a feasible assignment when one is easy to find.
 
     Stops once the relative gap is within ``close_gap``. ``start`` (a bound of a
     similar problem, e.g. the previous point of a budget sweep) seeds the
-    multipliers and, where it still fits, the incumbent.
+    multipliers and, where it still fits, the incumbent. Past ``deadline`` (a
+    ``time.perf_counter()`` value) it stops refining and returns what it has.
     """
     units = np.arange(c.n_units)
     base = np.min(c.omega, axis=1)
@@ -165,6 +170,7 @@ def lagrangian_bound(
         if true_n(warm) < upper:
             incumbent, upper = warm, true_n(warm)
     theta, stall = (0.25 if start is not None else 1.0), 0
+    complete = True
     closed = max(1e-12, close_gap * abs(upper * scale + offset) / scale) if np.isfinite(upper) else 1e-12
     for _ in range(iterations if len(active) or c.pairs else 1):
         m = separable(lam, an)
@@ -183,6 +189,9 @@ def lagrangian_bound(
                 incumbent, upper = assign, value
         if upper - best_lower <= closed or theta < 1e-6 or not len(active):
             break
+        if time.perf_counter() > deadline:
+            complete = False
+            break
         step_sub = np.where((lam > 0) | (sub > 0), sub, 0.0)
         norm2 = float(step_sub @ step_sub)
         if norm2 == 0.0:
@@ -190,7 +199,7 @@ def lagrangian_bound(
         target = upper if np.isfinite(upper) else best_lower + 0.05 * c.n_units
         lam = np.maximum(0.0, lam + theta * (target - lower) / norm2 * step_sub)
 
-    if len(active) and upper - best_lower > closed:
+    if len(active) and upper - best_lower > closed and time.perf_counter() < deadline:
         for lam in _polish(best_lam, separable, an, bn, units, rounds=1 if c.pairs else 2):
             m = separable(lam, an)
             assign = np.argmin(m, axis=1)
@@ -207,8 +216,8 @@ def lagrangian_bound(
         upper = true_n(incumbent)
 
     m = separable(best_lam, an)
-    if c.pairs and upper - best_lower > closed:
-        value, beliefs = separable.message_passing(best_lam, an, _SWEEPS)
+    if c.pairs and upper - best_lower > closed and time.perf_counter() < deadline:
+        value, beliefs = separable.message_passing(best_lam, an, _SWEEPS, deadline)
         if value - best_lam @ bn > best_lower:
             best_lower, m = value - best_lam @ bn, beliefs
     reduced = (m - np.min(m, axis=1, keepdims=True)) * scale
@@ -221,6 +230,7 @@ def lagrangian_bound(
         keep=_keep(c, reduced, lower, value, incumbent),
         multipliers=_raw(c, active, best_lam * scale / norm),
         reduced=reduced,
+        complete=complete and time.perf_counter() <= deadline,
     )
 
 

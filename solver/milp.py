@@ -10,8 +10,10 @@ tightest of the product forms.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,8 +165,27 @@ def _solver(backend: str, *, time_limit_s: float, warm: bool, gap: dict) -> pulp
         solver = pulp.HiGHS(msg=False, timeLimit=max(time_limit_s, 0.01), threads=1, **gap)
         if not solver.available():
             raise ValueError("backend 'highs' needs the highspy package: pip install highspy")
+        _absorb_highs_banner()
         return solver
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+@functools.cache
+def _absorb_highs_banner() -> None:
+    """HiGHS prints a banner on C stdout the first time a solver is made, even with
+    output off; make that first instance with fd 1 pointed at /dev/null so the CLI's
+    JSON output stays clean."""
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _cbc_path() -> str | None:

@@ -59,7 +59,7 @@ def optimise(
     if np.any(alone > c.rhs + FEAS_RTOL * np.maximum(np.abs(c.rhs), 1.0)):
         return Outcome("infeasible", None, None, math.inf, None)
 
-    bound = lagrangian_bound(c, close_gap=mip_gap, start=start)
+    bound = lagrangian_bound(c, close_gap=mip_gap, start=start, deadline=t0 + 0.8 * time_limit_s)
     if _proven(bound, mip_gap):
         return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound", bound)
     if bound.incumbent is not None and np.count_nonzero(bound.keep.sum(axis=1) > 1) > _HEURISTIC_CORE:
@@ -70,7 +70,7 @@ def optimise(
             heuristic_keep(bound, _HEURISTIC_CORE),
             incumbent=bound.incumbent,
             backend=backend,
-            time_limit_s=max(min(1.0, time_limit_s / 4), 0.01),
+            time_limit_s=max(min(1.0, time_limit_s / 4, t0 + time_limit_s - time.perf_counter()), 0.01),
             gap_abs=mip_gap * _magnitude(bound),
             gap_rel=mip_gap,
         )
@@ -79,6 +79,10 @@ def optimise(
         if _proven(bound, mip_gap):
             return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound", bound)
 
+    if bound.incumbent is not None and not bound.complete:
+        # out of time before the bound could shrink the core: an integer program over
+        # the whole problem would not finish in what is left
+        return Outcome("feasible", bound.incumbent, bound.upper, bound.lower, None, bound)
     rhs = c.rhs.copy()
     for _ in range(_TIGHTEN_ROUNDS):
         left = time_limit_s - (time.perf_counter() - t0)

@@ -104,3 +104,31 @@ def test_the_ilp_runs_when_presolve_cannot_decide():
     assert allocation.status == "optimal"
     assert allocation.certificate in ("mip", "bound")
     assert allocation.objective == pytest.approx(best, rel=1e-12)
+
+
+def test_a_time_limit_gives_a_feasible_allocation_with_its_proven_gap():
+    from solver_random import bpw
+
+    from solver.problem import Budget, Layer, Option, Problem
+
+    layers = [
+        Layer(
+            f"l{i}",
+            1000 + 7 * i,
+            {
+                (b, 16): Option(
+                    (1 + (i * 7) % 11) * (1000 + 7 * i) * 2.0 ** (-2 * b),
+                    {"avg_bits": (1000 + 7 * i) * bpw(b), "bops": 50.0 * b * 16 * (1 + i % 3)},
+                )
+                for b in (2, 3, 4, 5, 6, 8, 16)
+            },
+        )
+        for i in range(400)
+    ]
+    problem = Problem(layers, [Budget("avg_bits", 4.3), Budget("bops", 50.0 * 6 * 16 * 800)])
+    allocation = solve(problem, time_limit_s=1e-4)
+    assert allocation.status == "feasible"
+    assert allocation.gap is not None and 0 < allocation.gap < 1
+    assert allocation.lower_bound < allocation.objective
+    for used, limit in allocation.budget_use.values():
+        assert used <= limit * (1 + 1e-9)
