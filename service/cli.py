@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from service.cli_pipeline import add_pipeline_commands
 from service.cli_service import add_service_commands
 from service.progress_bar import ProgressPrinter
 
@@ -172,6 +173,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--artifact", metavar="DIR", help="write the packed mixed-precision model here")
     run.set_defaults(func=cmd_run)
     add_service_commands(sub)
+    add_pipeline_commands(sub)
     return parser
 
 

@@ -112,6 +112,10 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
         sum(1 for layer in layers if layer["stats"]["trace_se"] > 0 and layer["stats"]["trace"] > 0)
     assert len(css(browser, "#pareto-chart .pareto-chosen")) == 1
     assert len(css(browser, "#pareto-chart .pareto-uniform")) >= 3
+    assert len(css(browser, "#pareto-chart .pareto-point")) == len(result["pareto"])
+    assert len(css(browser, "#quality-chart .pareto-uniform")) == \
+        sum(1 for u in result["uniform_points"] if u["w_bits"] < 16)
+    assert len(css(browser, "#quality-chart .pareto-chosen")) == 1
     assert len(css(browser, "#layer-table tbody tr")) == len(layers)
     assert f"{result['summary']['avg_bits']:.3f}" in one(browser, "#summary").text
     assert "Uniform 4-bit is" in text_of(browser, "#quality")

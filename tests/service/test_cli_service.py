@@ -35,7 +35,7 @@ def test_keys_create_list_revoke(data_env, capsys):
 def test_client_commands_report_refusals(data_env, capsys):
     code = main(["status", "00000000-0000-0000-0000-000000000000", "--url",
                  "http://127.0.0.1:9", "--key", "ba_x"])
-    assert code == 1 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+    assert code == 3 and "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
 
 
 @pytest.mark.slow

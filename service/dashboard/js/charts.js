@@ -29,6 +29,7 @@ function layerBand(layers, bottomPad) {
 export function bitsChart(layers) {
   const band = layerBand(layers, 110);
   const y = linear([0, 16], [band.bottom, M.top]);
+  y.ticks = () => [0, 2, 4, 8, 16];
   const svg = svgRoot(W, band.height, "Bit width per layer");
   svg.append(yAxis(y, { left: M.left, right: W - M.right, label: "weight bits" }));
   const bw = Math.max(2, band.step * 0.72);
@@ -89,77 +90,119 @@ export function sensitivityChart(layers) {
     h("div.legend", {}, "points coloured by the chosen width; bars: ± one standard error"));
 }
 
-// Points for the Pareto chart. With `result.pareto` ([{cost, objective|quality,
-// chosen}]) the curve is drawn from it; otherwise from the per-layer Ω: uniform
-// widths (cost = bits, objective = ΣΩ at that width) and the chosen allocation.
+// Points for the Pareto chart, x in average bits per weight. With
+// `result.pareto` ([{cost, objective | quality, avg_bits?, chosen}]) the curve
+// is drawn from it; uniform widths are placed at ΣΩ of that width (from the
+// per-layer Ω), or at their measured quality when the curve is in quality.
 export function paretoData(result) {
   const layers = result.layers || [];
-  const byQuality = Array.isArray(result.pareto) && result.pareto.length > 0
-    && result.pareto[0].objective === undefined && result.pareto[0].quality !== undefined;
+  const curveIn = result.pareto || [];
+  const byQuality = curveIn.length > 0 && curveIn[0].objective === undefined && curveIn[0].quality !== undefined;
   const metric = result.quality?.metric;
+  const measured = new Map((result.uniform_points || []).map((u) => [u.w_bits, u]));
   const widths = [...new Set(layers.flatMap((l) => Object.keys(l.omega_by_bits || {})
     .map((k) => parseInt(k.slice(1)))))].sort((a, b) => a - b);
+  const withOverhead = measured.size > 0 || curveIn.some((p) => p.avg_bits !== undefined);
+  const chosenCost = withOverhead ? result.summary.avg_bits : result.summary.avg_bits_no_overhead;
   let uniform;
   let chosen;
   if (byQuality) {
-    uniform = [{ cost: result.quality.uniform_bits, y: result.quality.uniform[metric] }];
-    chosen = { cost: result.summary.avg_bits_no_overhead, y: result.quality.allocation[metric] };
+    uniform = [...measured.values()].map((u) => ({ cost: u.avg_bits, y: u.quality[metric], bits: u.w_bits }));
+    if (!uniform.length) uniform = [{ cost: result.quality.uniform_bits, y: result.quality.uniform[metric],
+      bits: result.quality.uniform_bits }];
+    chosen = { cost: chosenCost, y: result.quality.allocation[metric] };
   } else {
     uniform = widths.map((b) => ({
-      cost: b,
+      cost: measured.get(b)?.avg_bits ?? b,
       y: layers.reduce((sum, l) => sum + (l.omega_by_bits?.[`w${b}a16`] ?? l.omega), 0),
+      bits: b,
     }));
-    chosen = { cost: result.summary.avg_bits_no_overhead, y: layers.reduce((sum, l) => sum + l.omega, 0) };
+    chosen = { cost: chosenCost, y: layers.reduce((sum, l) => sum + l.omega, 0) };
   }
-  const curve = (result.pareto || []).map((p) => ({
-    cost: p.cost, y: byQuality ? p.quality : p.objective, chosen: !!p.chosen,
-  }));
-  if (curve.some((p) => p.chosen)) {
-    const c = curve.find((p) => p.chosen);
-    chosen = { cost: c.cost, y: c.y };
+  const curve = curveIn.map((p) => ({
+    cost: p.avg_bits ?? p.cost, y: byQuality ? p.quality : p.objective, chosen: !!p.chosen,
+  })).sort((a, b) => a.cost - b.cost);
+  const marked = curve.find((p) => p.chosen);
+  if (marked) chosen = { cost: marked.cost, y: marked.y };
+  return { byQuality, metric, uniform, chosen, curve };
+}
+
+function pointChart({ title, data, byValue, yLabel, id, legend, line }) {
+  const H = 300;
+  const bottom = H - 46;
+  const all = [...data.uniform, data.chosen, ...data.curve];
+  const inPlot = (p) => Number.isFinite(p.y) && (byValue || p.y > 0);
+  const plotted = all.filter(inPlot);
+  const costs = plotted.map((p) => p.cost);
+  const x = linear([0, Math.max(...costs, 1) * 1.05], [M.left, W - M.right]);
+  const ys = plotted.map((p) => p.y).concat(line ? [line.y] : []);
+  const pad = (Math.max(...ys) - Math.min(...ys)) * 0.08 || 1;
+  const y = byValue
+    ? linear([Math.min(...ys) - pad, Math.max(...ys) + pad], [bottom, M.top])
+    : logScale([Math.min(...ys, 1), Math.max(...ys, 1e-6)], [bottom, M.top]);
+  const svg = svgRoot(W, H, title);
+  svg.append(yAxis(y, { left: M.left, right: W - M.right, label: yLabel }));
+  svg.append(xAxis(x, { bottom, label: "average bits per weight", width: W }));
+  if (line) {
+    svg.append(s("line", { class: "reference", x1: M.left, x2: W - M.right, y1: y(line.y), y2: y(line.y),
+      stroke: "#1a7f37", "stroke-dasharray": "5 4" }));
+    svg.append(s("text", { x: W - M.right - 4, y: y(line.y) - 5, "text-anchor": "end" }, line.label));
   }
-  return { byQuality, metric, uniform, chosen, curve: curve.sort((a, b) => a.cost - b.cost) };
+  if (data.curve.length) {
+    const pts = data.curve.filter(inPlot);
+    svg.append(s("polyline", { class: "pareto-curve", fill: "none", stroke: "#2f5fd0", "stroke-width": 1.5,
+      points: pts.map((p) => `${x(p.cost)},${y(p.y)}`).join(" ") }));
+    svg.append(s("g", {}, pts.map((p) => s("circle", { class: "pareto-point", cx: x(p.cost), cy: y(p.y),
+      r: 2.5, fill: "#2f5fd0" }, s("title", {}, `${fmtNum(p.cost)} bits: ${fmtNum(p.y)}`)))));
+  }
+  svg.append(s("g", { class: "uniform" }, data.uniform.filter(inPlot).map((p) => s("g", {},
+    s("rect", { class: "pareto-uniform", "data-bits": p.bits, x: x(p.cost) - 4, y: y(p.y) - 4,
+      width: 8, height: 8, fill: "#fff", stroke: "#5f6b7a", "stroke-width": 1.5 },
+    s("title", {}, `uniform ${p.bits}-bit: ${fmtNum(p.y)}`)),
+    s("text", { x: x(p.cost) + 7, y: y(p.y) - 6 }, `${p.bits}-bit`)))));
+  if (inPlot(data.chosen)) {
+    svg.append(s("path", { class: "pareto-chosen", d: starPath(x(data.chosen.cost), y(data.chosen.y), 8),
+      fill: "#d73027", stroke: "#7a1010" },
+    s("title", {}, `chosen: ${fmtNum(data.chosen.cost)} bits, ${fmtNum(data.chosen.y)}`)));
+  }
+  return h("div.chart", { id }, svg, h("div.legend", {}, legend));
+}
+
+function key(colour, text, border) {
+  const i = h("i");
+  i.style.background = colour;
+  if (border) i.style.border = border;
+  return h("span", {}, i, text);
 }
 
 export function paretoChart(result) {
-  const d = paretoData(result);
-  const H = 300;
-  const bottom = H - 46;
-  const all = [...d.uniform, d.chosen, ...d.curve];
-  const plotted = d.byQuality ? all : all.filter((p) => p.y > 0);
-  const costs = plotted.map((p) => p.cost);
-  const x = linear([Math.min(0, ...costs), Math.max(...costs, 1) * 1.05], [M.left, W - M.right]);
-  const ys = plotted.map((p) => p.y);
-  const y = d.byQuality
-    ? linear([Math.min(...ys) * 0.98, Math.max(...ys) * 1.02], [bottom, M.top])
-    : logScale([Math.min(...ys, 1), Math.max(...ys, 1e-6)], [bottom, M.top]);
-  const yLabel = d.byQuality ? `${d.metric}` : "objective ΣΩ (log)";
-  const svg = svgRoot(W, H, "Cost against objective: Pareto curve, uniform widths, chosen point");
-  svg.append(yAxis(y, { left: M.left, right: W - M.right, label: yLabel }));
-  svg.append(xAxis(x, { bottom, label: "average bits per weight", width: W }));
-  const inPlot = (p) => d.byQuality || p.y > 0;
-  if (d.curve.length) {
-    const pts = d.curve.filter(inPlot).map((p) => `${x(p.cost)},${y(p.y)}`).join(" ");
-    svg.append(s("polyline", { class: "pareto-curve", points: pts, fill: "none", stroke: "#2f5fd0",
-      "stroke-width": 1.5 }));
-    svg.append(s("g", {}, d.curve.filter(inPlot).map((p) => s("circle", { class: "pareto-point",
-      cx: x(p.cost), cy: y(p.y), r: 2.5, fill: "#2f5fd0" }))));
-  }
-  svg.append(s("g", { class: "uniform" }, d.uniform.filter(inPlot).map((p) => s("g", {},
-    s("rect", { class: "pareto-uniform", "data-bits": p.cost, x: x(p.cost) - 4, y: y(p.y) - 4,
-      width: 8, height: 8, fill: "#fff", stroke: "#5f6b7a", "stroke-width": 1.5 },
-      s("title", {}, `uniform ${p.cost}-bit: ${fmtNum(p.y)}`)),
-    s("text", { x: x(p.cost) + 7, y: y(p.y) - 6 }, `${p.cost}-bit`)))));
-  svg.append(s("path", { class: "pareto-chosen",
-    d: starPath(x(d.chosen.cost), y(d.chosen.y), 8), fill: "#d73027", stroke: "#7a1010" },
-  s("title", {}, `chosen: ${fmtNum(d.chosen.cost)} bits, ${fmtNum(d.chosen.y)}`)));
-  const legend = h("div.legend", {},
-    h("span", {}, Object.assign(h("i"), { style: "background:#d73027" }), "chosen allocation"),
-    h("span", {}, Object.assign(h("i"), { style: "background:#fff;border:1.5px solid #5f6b7a" }),
-      "uniform quantization"),
-    d.curve.length ? h("span", {}, Object.assign(h("i"), { style: "background:#2f5fd0" }), "Pareto curve")
-      : h("span", {}, "no Pareto sweep in this result: uniform widths and the chosen point"));
-  return h("div.chart", { id: "pareto-chart" }, svg, legend);
+  const data = paretoData(result);
+  return pointChart({
+    title: "Pareto curve, uniform widths and the chosen point", data, byValue: data.byQuality, id: "pareto-chart",
+    yLabel: data.byQuality ? data.metric : "objective ΣΩ (log)",
+    legend: [key("#d73027", "chosen allocation"), key("#fff", "uniform quantization", "1.5px solid #5f6b7a"),
+      data.curve.length ? key("#2f5fd0", "Pareto curve (solver sweep)")
+        : h("span", {}, "no Pareto sweep in this result: uniform widths and the chosen point")],
+  });
+}
+
+// Measured quality of every uniform width (`uniform_points`, or the one uniform
+// model in `quality`) against the allocation's, with full precision as a line.
+export function qualityChart(result) {
+  const q = result.quality;
+  const m = q.metric;
+  const points = (result.uniform_points || []).filter((u) => u.w_bits < 16);
+  const uniform = points.length
+    ? points.map((u) => ({ cost: u.avg_bits, y: u.quality[m], bits: u.w_bits }))
+    : [{ cost: q.uniform_bits, y: q.uniform[m], bits: q.uniform_bits }];
+  const data = { uniform, chosen: { cost: result.summary.avg_bits, y: q.allocation[m] }, curve: [] };
+  return pointChart({
+    title: `Measured ${m}: uniform widths against the allocation`, data, byValue: true, id: "quality-chart",
+    yLabel: m, line: { y: q.full_precision[m], label: `full precision ${fmtNum(q.full_precision[m], 4)}` },
+    legend: [key("#d73027", "allocation (measured)"),
+      key("#fff", "uniform quantization (measured)", "1.5px solid #5f6b7a"),
+      key("#1a7f37", "full precision")],
+  });
 }
 
 function starPath(cx, cy, r) {

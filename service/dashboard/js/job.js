@@ -1,7 +1,7 @@
 // A job's page: live progress while it runs; once it succeeds, the summary,
 // the charts, the per-layer table and the downloads.
 import { api, saveBlob } from "./api.js";
-import { bitsChart, paretoChart, sensitivityChart } from "./charts.js";
+import { bitsChart, paretoChart, qualityChart, sensitivityChart } from "./charts.js";
 import { badge, fmtBudgets, fmtBytes, fmtNum, fmtTime, h, progressBar } from "./dom.js";
 import { poller } from "./poll.js";
 
@@ -39,13 +39,13 @@ function renderHead(el, job) {
   const cancel = FINISHED.includes(job.status) ? null : h("button.secondary", { type: "button",
     id: "cancel-job", onclick: async (ev) => { ev.target.disabled = true; await api.cancel(job.id); } },
   "Cancel");
-  el.replaceChildren(
+  el.replaceChildren(...[
     h("div.progress-line", {}, badge(job.status), progressBar(job),
       h("span", { id: "job-progress" }, `${pct}%`),
       h("span.muted", { id: "job-stage" }, `${job.stage || "waiting"}: ${job.message || ""}`), cancel),
     h("p.muted", {}, `${job.spec.model} · ${job.spec.method} · ${fmtBudgets(job.spec.budgets)} · `
       + `submitted ${fmtTime(job.created_at)}${job.finished_at ? ` · finished ${fmtTime(job.finished_at)}` : ""}`),
-    job.error ? h("p.error", { id: "job-error" }, job.error) : null);
+    job.error ? h("p.error", { id: "job-error" }, job.error) : null].filter(Boolean));
 }
 
 function renderResult(el, job, r) {
@@ -53,7 +53,9 @@ function renderResult(el, job, r) {
     h("div.grid", {}, summaryCard(r), qualityCard(r)),
     h("div.card", {}, h("h2", {}, "Bit width per layer"), bitsChart(r.layers)),
     h("div.card", {}, h("h2", {}, "Sensitivity per layer"), sensitivityChart(r.layers)),
-    h("div.card", {}, h("h2", {}, "Cost and objective"), paretoChart(r)),
+    h("div.grid", {},
+      h("div.card", {}, h("h2", {}, "Pareto curve"), paretoChart(r)),
+      h("div.card", {}, h("h2", {}, "Measured quality against uniform quantization"), qualityChart(r))),
     h("div.card", {}, h("h2", {}, "Layers"), layerTable(r)),
     h("div.card", {}, h("h2", {}, "Downloads"), downloads(job, r)));
 }
@@ -67,6 +69,7 @@ function summaryCard(r) {
   return h("div.card", { id: "summary" }, h("h2", {}, "Summary"), dl([
     ["Model", `${r.model.name}${r.model.description ? ` — ${r.model.description}` : ""}`],
     ["Method", `${r.spec.method} ${JSON.stringify(r.spec.method_params)}`],
+    ["Pareto sweep", r.frontier_kind ? `${r.pareto?.length ?? 0} points over ${r.frontier_kind}` : "–"],
     ["Budgets", Object.entries(r.solver.budget_use).map(([k, [used, lim]]) =>
       `${k}: ${fmtNum(used)} of ${fmtNum(lim)}`).join("; ") || fmtBudgets(r.spec.budgets)],
     ["Size", `${fmtBytes(s.size_bytes)} (full precision ${fmtBytes(s.full_precision_bytes)})`],

@@ -8,6 +8,7 @@ const BUILTIN = ["digits-cnn", "minilm"];
 const WIDTHS = [2, 3, 4, 5, 6, 8, 16];
 const BUDGETS = [["avg_bits", "average bits", "4"], ["size_mb", "size (MB)", ""],
   ["bops", "bit operations", ""], ["latency_ms", "latency (ms)", ""]];
+const METHODS = ["hawq_v2", "hawq_v1", "fisher", "empirical", "lrp", "interlayer"];
 const CHEAP_PARAMS = '{"max_probes": 10, "min_probes": 4, "tol": 0.2}';
 
 function field(name, label, control, hint) {
@@ -49,7 +50,7 @@ export function submitView(root) {
   const formError = h("p.error", { id: "form-error" });
   const go = h("button.primary", { type: "submit", id: "submit-job" }, "Submit job");
   const form = h("form", { id: "submit-form", novalidate: true },
-    h("datalist", { id: "methods" }, h("option", { value: "hawq_v2" })),
+    h("datalist", { id: "methods" }, METHODS.map((m) => h("option", { value: m }))),
     h("div.card", {}, h("h2", {}, "Model and data"),
       field("model", "Model", model.select), model.upload,
       field("dataset", "Calibration data", dataset.select), dataset.upload),

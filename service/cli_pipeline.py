@@ -1,0 +1,181 @@
+"""The pipeline subcommands of `bitalloc`: submit (--wait), status, result,
+artifact. The server and key come from --url / --key, else BITALLOC_URL /
+BITALLOC_API_KEY, else the local server and its key file. --json prints JSON
+for scripts; --wait shows a progress bar on a terminal and plain lines
+otherwise (on stderr).
+
+Exit status: 0 done; 1 the job failed or was cancelled; 2 bad request (bad
+flags, refused by the API, unknown job, bad key); 3 server unreachable or
+unavailable (5xx); 4 still not finished after --timeout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from service.client import ApiError, Client, JobFailed, ServerError, Unreachable, WaitTimeout, detail_text
+from service.progress_bar import ProgressPrinter
+
+EXIT_JOB_FAILED = 1
+EXIT_BAD_REQUEST = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+
+
+def _guarded(func):
+    """Client errors become one line on stderr and an exit status, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (Unreachable, ServerError) as exc:
+            print(f"error: {detail_text(exc.detail)}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except ApiError as exc:
+            print(f"error: {detail_text(exc.detail)}", file=sys.stderr)
+            return EXIT_BAD_REQUEST
+        except WaitTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_TIMEOUT
+        except JobFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_JOB_FAILED
+
+    return run
+
+
+def _client(args: argparse.Namespace) -> Client:
+    key = args.key or os.environ.get("BITALLOC_API_KEY")
+    url = args.url or os.environ.get("BITALLOC_URL")
+    if not key or not url:
+        from service.config import get_settings
+
+        if args.data is not None:
+            os.environ["BITALLOC_DATA"] = str(Path(args.data).resolve())
+        get_settings.cache_clear()
+        settings = get_settings()
+        if not key and settings.key_file.exists():
+            key = settings.key_file.read_text().strip()
+        url = url or f"http://{settings.host}:{settings.port}"
+    return Client(url, key)
+
+
+def request_body(args: argparse.Namespace) -> dict:
+    """The job request: --spec FILE, then the flags over it."""
+    from service.cli import parse_assignments, parse_bits_list, parse_budgets, parse_params
+
+    body: dict = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    for field, value in (("model", args.model), ("method", args.method), ("dataset", args.dataset)):
+        if value is not None:
+            body[field] = value
+    if args.budget:
+        body["budgets"] = parse_budgets(args.budget)
+    if args.param:
+        body["method_params"] = {**body.get("method_params", {}), **parse_params(args.param)}
+    if args.bits:
+        body["weight_bits"] = parse_bits_list(args.bits, "--bits")
+    overrides = body.setdefault("overrides", {})
+    if args.pin:
+        overrides["pins"] = {k: parse_bits_list(v, "pin")[0]
+                             for k, v in parse_assignments(args.pin, "pin").items()}
+    if args.exclude:
+        overrides["exclude"] = args.exclude
+    if not overrides:
+        del body["overrides"]
+    return body
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body = request_body(args)
+    client = _client(args)
+    job = client.submit(body, args.idempotency_key)
+    if not args.wait:
+        _out(args, job, job["id"])
+        return 0
+    print(f"job {job['id']} submitted", file=sys.stderr)
+    bar = ProgressPrinter()
+    job = client.wait(job["id"], timeout_s=args.timeout, raise_on_failure=False,
+                      on_update=lambda j: j["stage"] and bar(j["stage"], j["stage_progress"], j["message"]))
+    if job["status"] != "succeeded":
+        _out(args, {"job": job}, f"job {job['id']} {job['status']}: {job['error'] or job['message']}")
+        return EXIT_JOB_FAILED
+    result = client.result(job["id"])
+    if args.json:
+        print(json.dumps({"job": job, "result": result}, indent=2))
+        return 0
+    from service.cli import print_report
+    from workers.spec import JobResult
+
+    print_report(JobResult.model_validate(result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = _client(args).job(args.job_id)
+    line = f"{job['status']} {job['stage']} {job['progress']:.0%} {job['message']}"
+    if job["error"]:
+        line += f"\nerror: {job['error']}"
+    _out(args, job, line)
+    return EXIT_JOB_FAILED if job["status"] in ("failed", "cancelled") else 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    result = _client(args).result(args.job_id)
+    text = json.dumps(result, indent=2)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"result written to {args.output}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def cmd_artifact(args: argparse.Namespace) -> int:
+    path = _client(args).artifact(args.job_id, args.output)
+    _out(args, {"path": str(path), "size_bytes": path.stat().st_size}, str(path))
+    return 0
+
+
+def _out(args: argparse.Namespace, data, text: str) -> None:
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="API address (default $BITALLOC_URL or the local server)")
+    p.add_argument("--key", help="API key (default $BITALLOC_API_KEY or the local key)")
+    p.add_argument("--data", help="data folder of a local server, for its key")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_pipeline_commands(sub) -> None:
+    p = sub.add_parser("submit", help="submit a job to the service")
+    p.add_argument("--spec", help="JSON file with the job request; flags override it")
+    p.add_argument("--model")
+    p.add_argument("--budget", action="append", default=[], help="KIND=LIMIT, repeatable")
+    p.add_argument("--method")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--bits", help="candidate weight widths, e.g. 2,4,8")
+    p.add_argument("--pin", action="append", default=[], metavar="LAYER=BITS")
+    p.add_argument("--exclude", action="append", default=[], metavar="LAYER",
+                   help="leave this layer in 16-bit")
+    p.add_argument("--dataset", help="name or id of an uploaded calibration dataset")
+    p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
+    p.add_argument("--wait", action="store_true", help="wait, show progress, print the result")
+    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 4)")
+    _client_options(p)
+    p.set_defaults(func=_guarded(cmd_submit))
+
+    for name, func, text in (("status", cmd_status, "a job's status"),
+                             ("result", cmd_result, "a finished job's result JSON"),
+                             ("artifact", cmd_artifact, "download a finished job's packed model")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job_id")
+        _client_options(p)
+        if name == "result":
+            p.add_argument("-o", "--output", help="write to this file instead of stdout")
+        if name == "artifact":
+            p.add_argument("-o", "--output", default=".", help="folder to write it in (default .)")
+        p.set_defaults(func=_guarded(func))
