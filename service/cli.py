@@ -85,10 +85,21 @@ def build_spec(args: argparse.Namespace):
     }
     if args.bits:
         spec["weight_bits"] = parse_bits_list(args.bits, "--bits")
+    if args.latency_table:
+        spec["latency_table"] = _read_json(args.latency_table, "--latency-table")
+    if args.min_quality_drop is not None:
+        spec["min_quality_drop"] = args.min_quality_drop
     try:
         return JobSpec.model_validate(spec)
     except ValidationError as exc:
         raise UsageError(_one_line(exc)) from None
+
+
+def _read_json(path: str, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what}: cannot read JSON from {path}: {exc}") from None
 
 
 def _one_line(exc) -> str:
@@ -115,6 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
     print_report(result)
+    if args.pareto:
+        print_frontier(result)
     if args.json:
         Path(args.json).write_text(result.model_dump_json(indent=2))
         print(f"\nresult written to {args.json}")
@@ -150,13 +163,44 @@ def print_report(result) -> None:
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
 
 
+def print_frontier(result) -> None:
+    kind = result.frontier_kind
+    print(f"\nPareto frontier ({kind} vs predicted Σ Ω; * = chosen)")
+    print(f"{kind:>14} {'avg bits':>9} {'Σ Ω':>11}")
+    for p in result.pareto:
+        print(f"{p.cost:>14.6g} {p.avg_bits:>9.3f} {p.objective:>11.4g} {'*' if p.chosen else ''}")
+    m = result.quality.metric
+    print(f"uniform widths ({m}): " + ", ".join(
+        f"{u.w_bits}-bit {u.avg_bits:.2f} b/w {u.quality[m]:.3f}" for u in result.uniform_points))
+    if result.quality_search:
+        qs = result.quality_search
+        print(f"quality-drop search [{qs.min_drop:g}, {qs.max_drop:g}]: {qs.message}")
+        for t in qs.trials:
+            print(f"  size {t.size_bytes:.0f} B, {t.avg_bits:.3f} b/w: drop {t.drop:.4g}")
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from sensitivity.models import model_names
+    from workers.latency import model_latency_table
+
+    if args.model not in model_names():
+        raise UsageError(f"unknown model {args.model!r}; built-in models: {', '.join(model_names())}")
+    widths = parse_bits_list(args.bits, "--bits")
+    table = model_latency_table(args.model, widths, rows=args.rows, device=args.device,
+                                group_size=args.group_size)
+    Path(args.output).write_text(json.dumps(table, indent=2))
+    print(f"latency table for {len(table)} layers × {len(widths)} widths written to {args.output}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitalloc", description="Mixed-precision bit allocation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline locally, no service")
     run.add_argument("--model", required=True, help="built-in model: digits-cnn, minilm")
     run.add_argument("--budget", action="append", required=True,
-                     help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms")
+                     help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms "
+                          "(with --latency-table), max_quality_drop (points of the quality metric)")
     run.add_argument("--method", default="hawq_v2", help="sensitivity method (default hawq_v2)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="method parameter, e.g. tol=0.05, max_probes=50")
@@ -171,7 +215,19 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
     run.add_argument("--artifact", metavar="DIR", help="write the packed mixed-precision model here")
+    run.add_argument("--latency-table", metavar="FILE", help="per-layer latency JSON (bitalloc latency)")
+    run.add_argument("--min-quality-drop", type=float,
+                     help="lower end of the max_quality_drop range (default half of it)")
+    run.add_argument("--pareto", action="store_true", help="print the Pareto frontier")
     run.set_defaults(func=cmd_run)
+    lat = sub.add_parser("latency", help="time every layer at every width with our kernels")
+    lat.add_argument("--model", required=True)
+    lat.add_argument("--bits", default="2,3,4,8,16", help="widths to time (default 2,3,4,8,16)")
+    lat.add_argument("--rows", type=int, default=1, help="activation rows (tokens or batch)")
+    lat.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    lat.add_argument("--group-size", type=int, default=128)
+    lat.add_argument("-o", "--output", required=True, metavar="FILE")
+    lat.set_defaults(func=cmd_latency)
     add_service_commands(sub)
     add_pipeline_commands(sub)
     return parser

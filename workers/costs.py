@@ -3,26 +3,35 @@ budget's units, and what the rest of the model costs regardless."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import nn
 
 from kernels.quantizer import QuantConfig, weight_bits
 from sensitivity.layers import LayerInfo
-from sensitivity.table import Choice
+from sensitivity.table import Choice, choice_key
 
 
 def quant_config(choice: Choice, base: QuantConfig) -> QuantConfig:
     return QuantConfig(choice[0], base.group_size, base.symmetric, base.mse_clip)
 
 
-def choice_costs(layer: LayerInfo, choice: Choice, base: QuantConfig) -> dict[str, float]:
+def choice_costs(layer: LayerInfo, choice: Choice, base: QuantConfig,
+                 latency: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, float]:
+    """Cost of one choice in every budget's units; latency only with a latency table
+    ({layer: {"w4a16": ms}}), which must then cover the choice."""
     bits = weight_bits(layer.shape, quant_config(choice, base))
-    return {
+    costs = {
         "avg_bits": float(bits),  # the solver divides by the total quantizable params
         "size_bytes": bits / 8,
         "bops": float(layer.macs * choice[0] * choice[1]),
     }
+    if latency is not None:
+        key = choice_key(choice)
+        if key not in latency.get(layer.name, {}):
+            raise ValueError(f"latency_table has no entry for layer {layer.name!r} at {key}")
+        costs["latency_ms"] = float(latency[layer.name][key])
+    return costs
 
 
 def stored_bytes(model: nn.Module) -> float:

@@ -1,33 +1,44 @@
 """The job pipeline as one plain function (DESIGN §1): load → layers →
-sensitivity → solve → evaluate. Runs the same in the CLI, tests and Celery."""
+sensitivity → solve → evaluate (→ artifact). Runs the same in the CLI, tests
+and Celery workers."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from kernels.artifact import save_artifact
-from kernels.fake_quant import fake_quantize_model
 from kernels.quantizer import QuantConfig
 from sensitivity.bundle import ModelBundle
+from sensitivity.engine import compute_table
 from sensitivity.estimators import get_estimator
-from sensitivity.layers import LayerInfo, discover_layers
+from sensitivity.layers import discover_layers
 from sensitivity.models import load_model
 from sensitivity.progress import Progress, no_progress
-from sensitivity.table import Choice, choice_key
-from solver.ilp import solve
-from solver.problem import Budget, Layer, Option, Problem
-from workers.costs import choice_costs, fixed_bytes, quant_config, stored_bytes
-from workers.spec import JobResult, JobSpec, LayerResult, Quality, SolverReport, Summary
+from solver import Allocation, Problem, bisect_quality, pareto, solve
+from workers.evaluate import (
+    layer_rows,
+    measure,
+    nearest_uniform_not_below,
+    quality_drop,
+    summarize,
+    uniform_points,
+)
+from workers.problem import JobError, build_problem, candidate_choices, check_overrides
+from workers.spec import (
+    FrontierPoint,
+    JobResult,
+    JobSpec,
+    Quality,
+    QualitySearch,
+    QualityTrial,
+    SolverReport,
+)
 
-A_BITS = 16  # activations stay in 16-bit until activation quantization is asked for
-UNIFORM_WIDTHS = (2, 3, 4, 5, 6, 8, 16)
+__all__ = ["JobError", "run_job", "write_artifact"]
 
-
-class JobError(Exception):
-    """A job that cannot produce a result, with a message for the user."""
+FRONTIER_ORDER = ("avg_bits", "size_bytes", "bops", "latency_ms")
 
 
 def run_job(spec: JobSpec, progress: Progress = no_progress,
@@ -43,7 +54,10 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         timings[name] = time.perf_counter() - timings[name]
         progress(name, 1.0, f"{name} done in {timings[name]:.1f}s")
 
-    estimator = get_estimator(spec.method)  # fail fast on an unknown method
+    try:
+        get_estimator(spec.method)  # fail fast on an unknown method
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
     stage("load")
     bundle = load_model(spec.model)
     done("load")
@@ -52,41 +66,120 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     all_layers = discover_layers(bundle)
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
-    _check_overrides(spec, all_layers)
-    done("layers")
-
+    check_overrides(spec, all_layers)
     base = QuantConfig(4, spec.quant.group_size, spec.quant.symmetric, spec.quant.mse_clip)
+    try:
+        feasibility = build_problem(spec, bundle, layers, None, base)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
     # A budget nothing can meet fails now, not after the sensitivity computation.
-    reachable = solve(build_problem(spec, bundle, layers, None, base))
+    reachable = solve(feasibility)
     if reachable.status == "infeasible":
         raise JobError(f"no allocation fits the budget: {reachable.explanation}")
-    choices = [(b, A_BITS) for b in spec.weight_bits]
-    for bits in spec.overrides.pins.values():
-        if (bits, A_BITS) not in choices:
-            choices.append((bits, A_BITS))
+    done("layers")
+
     stage("sensitivity")
     try:
-        table = estimator(bundle, layers, sorted(choices), base, dict(spec.method_params), progress)
-    except TypeError as exc:  # unknown estimator parameters
+        table = compute_table(spec.method, bundle, layers, candidate_choices(spec), base,
+                              dict(spec.method_params), progress)
+    except (TypeError, ValueError) as exc:  # unknown or bad estimator parameters
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
     done("sensitivity")
 
     stage("solve")
-    problem = build_problem(spec, bundle, layers, table.omega, base)
-    allocation = solve(problem)
-    if allocation.status not in ("optimal", "feasible"):
-        raise JobError(f"no allocation fits the budget: {allocation.explanation}")
+    problem = build_problem(spec, bundle, layers, table.omega, base, table.pairs)
+    full_precision = bundle.evaluate(bundle.model)
+    search = None
+    if spec.quality_drop_range() is None:
+        allocation = solve(problem)
+        if allocation.status not in ("optimal", "feasible"):
+            raise JobError(f"no allocation fits the budget: {allocation.explanation}")
+    else:
+        allocation, search = _search_quality_drop(spec, bundle, problem, base, full_precision, progress)
+    kind = _frontier_kind(spec)
+    frontier = _frontier(problem, kind, allocation, spec.pareto_points, own_optimum=search is None)
     done("solve")
 
     stage("evaluate")
-    result = _evaluate(spec, bundle, layers, unused, table, allocation, base)
+    chosen = dict(allocation.choices)
+    rows = layer_rows(spec, layers, chosen, table, base)
+    summary = summarize(bundle, layers, rows)
+    uniform = uniform_points(spec, bundle, layers, base, kind)
+    nearest = nearest_uniform_not_below(uniform, summary.size_bytes)
+    quality = Quality(
+        metric=bundle.quality_metric, full_precision=full_precision,
+        allocation=measure(bundle, chosen, base), uniform=nearest.quality,
+        uniform_bits=nearest.w_bits, uniform_size_bytes=nearest.size_bytes,
+    )
     done("evaluate")
+    result = JobResult(
+        spec=spec,
+        model={"name": bundle.name, "description": bundle.description, **bundle.info},
+        layers=rows,
+        unused_layers=unused,
+        summary=summary,
+        solver=SolverReport(
+            status=allocation.status, objective=allocation.objective,
+            solve_time_s=allocation.solve_time_s, backend=allocation.backend,
+            budget_use={k: [float(u), float(lim)] for k, (u, lim) in allocation.budget_use.items()},
+        ),
+        quality=quality,
+        frontier_kind=kind,
+        pareto=frontier,
+        uniform_points=uniform,
+        quality_search=search,
+        sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta},
+        timings={},
+    )
     if artifact_dir is not None:
         stage("artifact")
         write_artifact(bundle, spec, result, Path(artifact_dir))
         done("artifact")
     result.timings.update(timings)
     return result
+
+
+def _frontier_kind(spec: JobSpec) -> str:
+    budgets = spec.solver_budgets()
+    return next((k for k in FRONTIER_ORDER if k in budgets), "size_bytes")
+
+
+def _frontier(problem: Problem, kind: str, allocation: Allocation, points: int, *,
+              own_optimum: bool) -> list[FrontierPoint]:
+    """The Pareto sweep of `kind`; the chosen point is the problem's own optimum, or
+    (after a quality search) the point with the chosen allocation."""
+    if points < 2:
+        return []
+    return [
+        FrontierPoint(cost=p.cost, objective=p.objective, avg_bits=_avg_bits(problem, p.choices),
+                      chosen=p.chosen if own_optimum else dict(p.choices) == dict(allocation.choices))
+        for p in pareto(problem, kind, points=points)
+    ]
+
+
+def _avg_bits(problem: Problem, choices) -> float:
+    bits = sum(layer.options[choices[layer.name]].costs["avg_bits"] for layer in problem.layers)
+    return bits / sum(layer.params for layer in problem.layers)
+
+
+def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, base: QuantConfig,
+                         full_precision: dict[str, float], progress: Progress):
+    lo, hi = spec.quality_drop_range()
+    def evaluate(allocation: Allocation) -> float:
+        drop = quality_drop(bundle, full_precision, measure(bundle, allocation.choices, base))
+        progress("solve", 0.5, f"quality drop {drop:.4g} at {allocation.budget_use['size_bytes'][0]:.0f} B")
+        return drop
+
+    result = bisect_quality(problem, evaluate, lo, hi, kind="size_bytes", max_evals=spec.quality_evals)
+    trials = [
+        QualityTrial(size_bytes=t.budget, drop=t.drop, avg_bits=_avg_bits(problem, t.allocation.choices))
+        for t in result.trials
+    ]
+    search = QualitySearch(min_drop=lo, max_drop=hi, reached=result.reached, message=result.message,
+                           trials=trials)
+    if result.best is None:
+        raise JobError(f"max_quality_drop {hi}: {result.message}")
+    return result.best.allocation, search
 
 
 def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path) -> Path:
@@ -102,107 +195,3 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
         "summary": result.summary.model_dump(),
     }
     return save_artifact(bundle.model, configs, directory, allocation)
-
-
-def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo],
-                  omega: dict[str, dict[Choice, float]] | None, base: QuantConfig) -> Problem:
-    """The integer program of the job; `omega=None` gives the feasibility problem."""
-    ov = spec.overrides
-    allowed_widths = set(spec.weight_bits)
-    solver_layers, allowed = [], {}
-    for layer in layers:
-        widths = {16} if layer.name in ov.exclude else set(ov.allowed.get(layer.name, allowed_widths))
-        if layer.name in ov.pins:
-            widths.add(ov.pins[layer.name])
-        options = {
-            (b, A_BITS): Option(omega=omega[layer.name].get((b, A_BITS), 0.0) if omega else 0.0,
-                                costs=choice_costs(layer, (b, A_BITS), base))
-            for b in sorted(widths)
-        }
-        solver_layers.append(Layer(layer.name, layer.params, options, layer.group))
-        if layer.name in ov.allowed:
-            allowed[layer.name] = frozenset((b, A_BITS) for b in ov.allowed[layer.name])
-    return Problem(
-        layers=solver_layers,
-        budgets=[Budget(kind, limit) for kind, limit in spec.solver_budgets().items()],
-        fixed_costs={"size_bytes": fixed_bytes(bundle.model, layers)},
-        pins={name: (bits, A_BITS) for name, bits in ov.pins.items()},
-        allowed=allowed,
-    )
-
-
-def _check_overrides(spec: JobSpec, layers: Sequence[LayerInfo]) -> None:
-    known = {layer.name for layer in layers if layer.used}
-    ov = spec.overrides
-    named = set(ov.pins) | set(ov.allowed) | set(ov.exclude)
-    unknown = sorted(named - known)
-    if unknown:
-        raise JobError(f"unknown layers in overrides: {', '.join(unknown)}; "
-                       f"quantizable layers: {', '.join(sorted(known))}")
-    clash = sorted(set(ov.pins) & set(ov.exclude))
-    if clash:
-        raise JobError(f"layers both pinned and excluded: {', '.join(clash)}")
-    if "latency_ms" in spec.budgets:
-        raise JobError("latency_ms needs a per-layer latency table, which this job does not have")
-
-
-def _evaluate(spec, bundle, layers, unused, table, allocation, base) -> JobResult:
-    chosen: dict[str, Choice] = dict(allocation.choices)
-    configs = {name: quant_config(c, base) for name, c in chosen.items()}
-    fixed = fixed_bytes(bundle.model, layers)
-    rows = []
-    for layer in layers:
-        c = chosen[layer.name]
-        costs = choice_costs(layer, c, base)
-        rows.append(LayerResult(
-            name=layer.name, kind=layer.kind, shape=list(layer.shape), params=layer.params,
-            macs=layer.macs, group=layer.group, w_bits=c[0], a_bits=c[1],
-            bits_per_weight=costs["avg_bits"] / layer.params, bytes=costs["size_bytes"],
-            omega=table.omega[layer.name].get(c, 0.0),
-            omega_by_bits={choice_key(k): v for k, v in table.omega[layer.name].items()},
-            stats=table.layer_stats.get(layer.name, {}),
-        ))
-    total_params = sum(layer.params for layer in layers)
-    layer_bytes = sum(r.bytes for r in rows)
-    summary = Summary(
-        size_bytes=layer_bytes + fixed,
-        full_precision_bytes=stored_bytes(bundle.model),
-        quantized_layer_bytes=layer_bytes,
-        avg_bits=8 * layer_bytes / total_params,
-        avg_bits_no_overhead=sum(r.w_bits * r.params for r in rows) / total_params,
-        bops=sum(r.macs * r.w_bits * r.a_bits for r in rows),
-    )
-    uniform_bits, uniform_bytes = _uniform_not_below(layers, base, layer_bytes)
-    uniform_configs = {layer.name: quant_config((uniform_bits, A_BITS), base) for layer in layers}
-    quality = Quality(
-        metric=bundle.quality_metric,
-        full_precision=bundle.evaluate(bundle.model),
-        allocation=bundle.evaluate(fake_quantize_model(bundle.model, configs)),
-        uniform=bundle.evaluate(fake_quantize_model(bundle.model, uniform_configs)),
-        uniform_bits=uniform_bits,
-        uniform_size_bytes=uniform_bytes + fixed,
-    )
-    budget_use = {k: [float(u), float(lim)] for k, (u, lim) in allocation.budget_use.items()}
-    return JobResult(
-        spec=spec,
-        model={"name": bundle.name, "description": bundle.description, **bundle.info},
-        layers=rows,
-        unused_layers=unused,
-        summary=summary,
-        solver=SolverReport(status=allocation.status, objective=allocation.objective,
-                            solve_time_s=allocation.solve_time_s, backend=allocation.backend,
-                            budget_use=budget_use),
-        quality=quality,
-        sensitivity={"method": table.method, **table.meta},
-        timings={},
-    )
-
-
-def _uniform_not_below(layers, base, allocation_bytes: float) -> tuple[int, float]:
-    """The uniform width whose quantized-layer size is the nearest not below the
-    allocation's (16-bit when none is)."""
-    for bits in UNIFORM_WIDTHS:
-        size = sum(choice_costs(layer, (bits, A_BITS), base)["size_bytes"] for layer in layers)
-        if size >= allocation_bytes - 1e-9:
-            return bits, size
-    return 16, sum(choice_costs(layer, (16, A_BITS), base)["size_bytes"] for layer in layers)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
-BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms")
+BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms", "max_quality_drop")
 MB = 1_000_000  # budgets in MB are decimal megabytes
 
 
@@ -59,6 +59,15 @@ class JobSpec(_Strict):
     quant: QuantSettings = Field(default_factory=QuantSettings)
     overrides: Overrides = Field(default_factory=Overrides)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    # latency_ms budget: per-layer, per-choice milliseconds ({layer: {"w4a16": ms}}), e.g. from
+    # `bitalloc latency`, plus the latency of everything outside the quantizable layers
+    latency_table: dict[str, dict[str, float]] | None = Field(None, max_length=10_000)
+    fixed_latency_ms: float = Field(0.0, ge=0)
+    # max_quality_drop budget: bisection stops once the measured drop is in [min, max]
+    # (min defaults to half the max), after at most quality_evals evaluations
+    min_quality_drop: float | None = Field(None, ge=0)
+    quality_evals: int = Field(8, ge=1, le=32)
+    pareto_points: int = Field(16, ge=0, le=128)  # 0: no frontier
 
     @field_validator("budgets")
     @classmethod
@@ -78,15 +87,27 @@ class JobSpec(_Strict):
         return sorted({_check_bits(b) for b in bits})
 
     @model_validator(mode="after")
-    def _avg_bits_range(self):
+    def _consistent(self):
         avg = self.budgets.get("avg_bits")
         if avg is not None and not 1 <= avg <= 32:
             raise ValueError(f"avg_bits must be between 1 and 32, got {avg}")
+        if "latency_ms" in self.budgets and not self.latency_table:
+            raise ValueError("a latency_ms budget needs latency_table (per-layer, per-choice ms; "
+                             "`bitalloc latency` measures one)")
+        top = self.budgets.get("max_quality_drop")
+        if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
+            raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")
         return self
+
+    def quality_drop_range(self) -> tuple[float, float] | None:
+        top = self.budgets.get("max_quality_drop")
+        if top is None:
+            return None
+        return (top / 2 if self.min_quality_drop is None else self.min_quality_drop), top
 
     def solver_budgets(self) -> dict[str, float]:
         """Budgets in the solver's units (MB turned into bytes)."""
-        out = {k: v for k, v in self.budgets.items() if k != "size_mb"}
+        out = {k: v for k, v in self.budgets.items() if k not in ("size_mb", "max_quality_drop")}
         if "size_mb" in self.budgets:
             out["size_bytes"] = self.budgets["size_mb"] * MB
         return out
@@ -134,6 +155,35 @@ class SolverReport(BaseModel):
     budget_use: dict[str, list[float]]  # kind -> [used, limit]
 
 
+class FrontierPoint(BaseModel):
+    cost: float  # in the frontier's budget kind
+    objective: float  # predicted Σ Ω
+    avg_bits: float
+    chosen: bool
+
+
+class UniformPoint(BaseModel):
+    w_bits: int
+    cost: float  # in the frontier's budget kind
+    avg_bits: float
+    size_bytes: float
+    quality: dict[str, float]
+
+
+class QualityTrial(BaseModel):
+    size_bytes: float  # the size budget solved at
+    avg_bits: float
+    drop: float  # measured drop of the headline metric
+
+
+class QualitySearch(BaseModel):
+    min_drop: float
+    max_drop: float
+    reached: bool
+    message: str
+    trials: list[QualityTrial]
+
+
 class JobResult(BaseModel):
     spec: JobSpec
     model: dict[str, Any]  # name, description and facts of the loaded model
@@ -142,5 +192,9 @@ class JobResult(BaseModel):
     summary: Summary
     solver: SolverReport
     quality: Quality
+    frontier_kind: str  # the budget the Pareto sweep varies
+    pareto: list[FrontierPoint]  # cost vs Σ Ω, cheapest first, the chosen point marked
+    uniform_points: list[UniformPoint]  # measured quality of every uniform width
+    quality_search: QualitySearch | None = None  # the max_quality_drop bisection
     sensitivity: dict[str, Any]  # estimator metadata: method, params, HVPs, seconds
     timings: dict[str, float]  # seconds per stage
