@@ -44,7 +44,11 @@ def pareto(
     backend: str = "cbc",
     mip_gap: float = DEFAULT_MIP_GAP,
 ) -> list[ParetoPoint]:
-    """Frontier of ``kind`` cost vs Ω, cheapest first; [] when the other budgets can't be met."""
+    """Frontier of ``kind`` cost vs Ω, cheapest first; [] when the other budgets can't be met.
+
+    When the problem's own ``kind`` budget is out of reach the frontier is still
+    returned, with no point marked ``chosen``.
+    """
     if kind not in BUDGET_KINDS:
         raise ValueError(f"unknown budget kind {kind!r}; expected one of {BUDGET_KINDS}")
     if isinstance(points, bool) or not isinstance(points, int) or points < 2:
@@ -59,15 +63,15 @@ def pareto(
         left = max(deadline - time.perf_counter(), 0.01)
         return optimise(target, backend=backend, time_limit_s=left, mip_gap=gap, start=start)
 
-    chosen = run(c)
-    if chosen.assign is None:
-        return []
     open_rhs = c.rhs.copy()
     open_rhs[k] = np.inf
     cheapest = run(
         c.with_omega(np.where(np.isfinite(c.omega), c.costs[k], np.inf)).with_rhs(open_rhs), gap=0.0
     )
+    if cheapest.assign is None:
+        return []
     best = run(c.with_rhs(open_rhs))
+    chosen = run(c)
     lo = float(cheapest.objective)
     hi = float(c.used(best.assign)[k])
 
@@ -80,7 +84,8 @@ def pareto(
         if outcome.assign is not None:
             found.append((float(limit), outcome))
             start = outcome.bound
-    found.append((float(c.rhs[k]), chosen))
+    if chosen.assign is not None:  # the problem's own budget of ``kind`` may be out of reach
+        found.append((float(c.rhs[k]), chosen))
     return _frontier(c, k, found, chosen)
 
 

@@ -118,3 +118,11 @@ def test_bad_arguments():
         pareto(_problem(), "size_bytes", points=1)
     with pytest.raises(ValueError, match="unknown budget kind"):
         pareto(_problem(), "flops")
+
+
+def test_an_unreachable_own_budget_still_gets_a_frontier_without_a_chosen_point():
+    base = _problem()
+    problem = Problem(base.layers, [Budget("size_bytes", 1.0), base.budgets[1]])
+    points = pareto(problem, "size_bytes", points=4)
+    assert len(points) >= 2
+    assert not any(p.chosen for p in points)
