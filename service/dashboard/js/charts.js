@@ -146,7 +146,7 @@ function pointChart({ title, data, byValue, yLabel, id, legend, line }) {
   if (line) {
     svg.append(s("line", { class: "reference", x1: M.left, x2: W - M.right, y1: y(line.y), y2: y(line.y),
       stroke: "#1a7f37", "stroke-dasharray": "5 4" }));
-    svg.append(s("text", { x: W - M.right - 4, y: y(line.y) - 5, "text-anchor": "end" }, line.label));
+    svg.append(s("text", { x: M.left + 6, y: y(line.y) - 5 }, line.label));
   }
   if (data.curve.length) {
     const pts = data.curve.filter(inPlot);

@@ -53,9 +53,8 @@ function renderResult(el, job, r) {
     h("div.grid", {}, summaryCard(r), qualityCard(r)),
     h("div.card", {}, h("h2", {}, "Bit width per layer"), bitsChart(r.layers)),
     h("div.card", {}, h("h2", {}, "Sensitivity per layer"), sensitivityChart(r.layers)),
-    h("div.grid", {},
-      h("div.card", {}, h("h2", {}, "Pareto curve"), paretoChart(r)),
-      h("div.card", {}, h("h2", {}, "Measured quality against uniform quantization"), qualityChart(r))),
+    h("div.card", {}, h("h2", {}, "Pareto curve"), paretoChart(r)),
+    h("div.card", {}, h("h2", {}, "Measured quality against uniform quantization"), qualityChart(r)),
     h("div.card", {}, h("h2", {}, "Layers"), layerTable(r)),
     h("div.card", {}, h("h2", {}, "Downloads"), downloads(job, r)));
 }

@@ -7,7 +7,8 @@ import { h } from "./dom.js";
 const BUILTIN = ["digits-cnn", "minilm"];
 const WIDTHS = [2, 3, 4, 5, 6, 8, 16];
 const BUDGETS = [["avg_bits", "average bits", "4"], ["size_mb", "size (MB)", ""],
-  ["bops", "bit operations", ""], ["latency_ms", "latency (ms)", ""]];
+  ["bops", "bit operations", ""], ["latency_ms", "latency (ms)", ""],
+  ["max_quality_drop", "max quality drop", ""]];
 const METHODS = ["hawq_v2", "hawq_v1", "fisher", "empirical", "lrp", "interlayer"];
 const CHEAP_PARAMS = '{"max_probes": 10, "min_probes": 4, "tol": 0.2}';
 
