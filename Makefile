@@ -23,6 +23,7 @@ run: $(STAMP)
 	$(VENV)/bin/bitalloc serve
 
 test: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
