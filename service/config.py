@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(15.0, gt=0)
     requeue_queued_after_s: float = Field(3600.0, gt=0)
 
+    # abuse limits: requests per second per API key (0: off), jobs queued or running
+    # per tenant (0: no cap), JSON request bodies (uploads have their own limit)
+    rate_limit_per_s: float = Field(50.0, ge=0)
+    rate_limit_burst: int = Field(100, ge=1)
+    max_active_jobs_per_tenant: int = Field(20, ge=0)
+    max_json_body_bytes: int = Field(1 * MiB, ge=1024)
+    # browser origins allowed to call the API (CORS); empty: no CORS headers at all
+    cors_origins: list[str] = Field(default_factory=list, max_length=100)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.job_time_limit_s <= self.job_soft_time_limit_s:

@@ -166,6 +166,16 @@ def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None)
                                             Job.idempotency_key == key))
 
 
+def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return _by_idempotency_key(session, tenant_id, key)
+
+
+def count_active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
+    """The tenant's jobs queued or running (what the per-tenant cap counts)."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.in_(("queued", "running")))) or 0
+
+
 def _same_request(job: Job, request_hash: str) -> Job:
     if job.request_hash != request_hash:
         raise Conflict("this Idempotency-Key was used for a different request "

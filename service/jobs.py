@@ -14,6 +14,7 @@ from service import broker, crud
 from service.builtins import BUILTIN_MODELS
 from service.config import Settings
 from service.db.models import FINISHED, Dataset, Job, StoredModel, Tenant
+from service.limits import too_many
 from service.schemas import JobCreate
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,13 @@ def submit(session: Session, settings: Settings, celery: Celery, tenant: Tenant,
            body: JobCreate, idempotency_key: str | None) -> tuple[Job, bool]:
     """(job, created): with a known idempotency key, the job made the first time."""
     spec = body.job_spec()
+    cap = settings.max_active_jobs_per_tenant
+    if cap and (idempotency_key is None or crud.find_by_idempotency_key(
+            session, tenant.id, idempotency_key) is None):
+        active = crud.count_active_jobs(session, tenant.id)
+        if active >= cap:
+            raise too_many(f"{active} of your jobs are queued or running, the cap is {cap}; "
+                           "submit again when one finishes", settings.heartbeat_interval_s)
     model_id = None
     if spec.model not in BUILTIN_MODELS:
         model = crud.find_upload(session, StoredModel, tenant.id, spec.model)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+import sqlalchemy.exc
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -16,6 +18,7 @@ from service.config import Settings, get_settings
 from service.db.migrate import upgrade
 from service.db.session import session_factory
 from service.jobs import SubmitError
+from service.limits import RateLimiter
 from service.metrics import Metrics
 from service.uploads import UploadError
 
@@ -36,7 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessions = session_factory(settings.db_url)
     app.state.celery = make_celery(settings)
     app.state.metrics = Metrics(app.state.sessions)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.add_middleware(_LimitJsonBody, max_bytes=settings.max_json_body_bytes)
     app.add_middleware(_Wrap, wrap=app.state.metrics.middleware)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.include_router(api_router, prefix="/v1")
     app.include_router(health.router)
 
@@ -55,7 +64,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _conflict(_request: Request, exc: crud.Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.InterfaceError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+        # a database that is briefly unreachable is not a bug in the request or the service
+        return JSONResponse({"detail": f"the database is unreachable ({type(exc).__name__}); "
+                                       "try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
+
     return app
+
+
+class _LimitJsonBody:
+    """413 for a request body over `max_bytes`, except multipart uploads (they stream
+    to disk under their own limit): by Content-Length, or counted as it arrives."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            return await self.app(scope, receive, send)
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:  # FastAPI passes HTTPException through as it is
+                raise HTTPException(413, self._reason())
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _reason(self) -> str:
+        return f"request body larger than the limit of {self.max_bytes} bytes"
+
+    async def _refuse(self, scope, receive, send) -> None:
+        await JSONResponse({"detail": self._reason()}, status_code=413)(scope, receive, send)
 
 
 class _Wrap:

@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service import crud
-from service.auth import MAX_KEY_LENGTH
+from service.auth import MAX_KEY_LENGTH, hash_key
 from service.config import Settings
 from service.db.models import Dataset, Job, StoredModel, Tenant
 
@@ -43,7 +43,7 @@ bearer = HTTPBearer(auto_error=False, description="an API key: `bitalloc keys cr
                                                   "NAME` makes one; `bitalloc serve` prints one")
 
 
-def get_tenant(session: SessionDep, credentials: Annotated[
+def get_tenant(request: Request, session: SessionDep, credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Tenant:
     def refuse(reason: str) -> HTTPException:
         return HTTPException(status.HTTP_401_UNAUTHORIZED, reason,
@@ -55,6 +55,7 @@ def get_tenant(session: SessionDep, credentials: Annotated[
     tenant = None if len(key) > MAX_KEY_LENGTH else crud.tenant_for_key(session, key)
     if tenant is None:
         raise refuse("invalid or revoked API key")
+    request.app.state.rate_limiter.check(hash_key(key))
     return tenant
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.uploads import UploadError
-from service.uploads.safetensors_check import check_safetensors
+from service.uploads.safetensors_check import check_finite, check_safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
@@ -42,7 +42,9 @@ def check_hf_dir(root: Path, files: list[str]) -> tuple[str, dict[str, Any]]:
         raise UploadError(422, "no *.safetensors weights in the archive")
     totals = {"tensors": 0, "params": 0, "dtypes": {}}
     for rel in weights:
-        summary = check_safetensors(root / rel, rel).summary()
+        info = check_safetensors(root / rel, rel)
+        check_finite(root / rel, info, rel)
+        summary = info.summary()
         totals["tensors"] += summary["tensors"]
         totals["params"] += summary["params"]
         for dtype, n in summary["dtypes"].items():

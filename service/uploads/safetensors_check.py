@@ -24,6 +24,7 @@ MAX_HEADER_BYTES = 100 << 20
 class Tensor:
     dtype: str
     shape: tuple[int, ...]
+    offsets: tuple[int, int] = (0, 0)  # byte range after the header
 
     @property
     def numel(self) -> int:
@@ -34,6 +35,7 @@ class Tensor:
 class SafetensorsInfo:
     tensors: dict[str, Tensor]
     metadata: dict[str, str]
+    data_start: int = 0  # where the tensor bytes begin in the file
 
     def summary(self) -> dict:
         dtypes: dict[str, int] = {}
@@ -82,7 +84,7 @@ def check_safetensors(path: Path, label: str | None = None) -> SafetensorsInfo:
         position = end
     if position != body:
         raise bad(f"tensors cover {position} bytes but the file holds {body} after the header")
-    return SafetensorsInfo(tensors, metadata)
+    return SafetensorsInfo(tensors, metadata, 8 + n)
 
 
 def _entry(name, entry, bad) -> tuple[Tensor, int, int]:
@@ -98,8 +100,34 @@ def _entry(name, entry, bad) -> tuple[Tensor, int, int]:
             or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
             or offsets[0] > offsets[1]):
         raise bad(f"tensor {name!r} has malformed data_offsets {offsets!r}")
-    tensor = Tensor(dtype, tuple(shape))
+    tensor = Tensor(dtype, tuple(shape), (offsets[0], offsets[1]))
     if offsets[1] - offsets[0] != tensor.numel * DTYPE_BYTES[dtype]:
         raise bad(f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} "
                   f"of {dtype}")
     return tensor, offsets[0], offsets[1]
+
+
+# the exponent bits of each float format: all ones is Inf or NaN
+NON_FINITE_MASKS = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000),
+                    "F64": ("<u8", 0x7FF0000000000000)}
+CHUNK_BYTES = 16 << 20
+
+
+def check_finite(path: Path, info: SafetensorsInfo, label: str) -> None:
+    """422 naming the first float tensor that holds a NaN or an infinity."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        for name, t in info.tensors.items():
+            if t.dtype not in NON_FINITE_MASKS:
+                continue
+            dtype, mask = NON_FINITE_MASKS[t.dtype]
+            f.seek(info.data_start + t.offsets[0])
+            left = t.offsets[1] - t.offsets[0]
+            while left > 0:
+                raw = f.read(min(left, CHUNK_BYTES))
+                left -= len(raw)
+                bits = np.frombuffer(raw, dtype=dtype)
+                if np.any((bits & np.array(mask, dtype=dtype)) == mask):
+                    raise UploadError(422, f"{label}: tensor {name!r} holds NaN or infinite "
+                                           "values")

@@ -20,9 +20,10 @@ from service.uploads import UploadError
 from service.uploads.archives import Limits, extract, is_archive
 from service.uploads.checks import check_dataset, check_hf_dir
 from service.uploads.receive import Received
-from service.uploads.safetensors_check import check_safetensors
+from service.uploads.safetensors_check import check_finite, check_safetensors
 
 MODEL_FIELDS = {"name", "architecture"}
+WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")  # what a built-in architecture's weights may be
 DATASET_FIELDS = {"name"}
 
 
@@ -116,6 +117,13 @@ def _state_dict(received: Received, architecture: str, work: Path) -> dict:
     info = check_safetensors(received.path, received.filename)
     if not info.tensors:
         raise UploadError(422, f"{received.filename} holds no tensors")
+    wrong = sorted(f"{k} ({t.dtype})" for k, t in info.tensors.items()
+                   if t.dtype not in WEIGHT_DTYPES)
+    if wrong:
+        raise UploadError(422, f"{received.filename}: weights of {architecture} must be "
+                               f"floating point ({', '.join(WEIGHT_DTYPES)}); got "
+                               f"{', '.join(wrong[:5])}")
+    check_finite(received.path, info, received.filename)
     shutil.move(received.path, work / "model.safetensors")
     return {"weights": info.summary(), "metadata": dict(list(info.metadata.items())[:50])}
 
