@@ -29,8 +29,13 @@ def _guarded(func):
     """Client errors become one line on stderr and an exit status, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
+        from service.cli import UsageError  # here: service.cli imports this module
+
         try:
             return func(args)
+        except UsageError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_REQUEST
         except (Unreachable, ServerError) as exc:
             print(f"error: {detail_text(exc.detail)}", file=sys.stderr)
             return EXIT_UNREACHABLE
