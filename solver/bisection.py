@@ -16,12 +16,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from solver.allocation import Allocation, format_cost
 from solver.compiled import compile_problem
 from solver.ilp import DEFAULT_MIP_GAP, solve
-from solver.optimise import check_options, optimise
+from solver.optimise import check_options, cost_range
 from solver.problem import BUDGET_KINDS, Budget, Problem
 
 _MAX_SOLVES = 200
@@ -66,13 +64,10 @@ def bisect_quality(
     kinds = tuple(b.kind for b in others) + (kind,)
     c = compile_problem(problem, kinds)
     k = c.kind_index(kind)
-    omega_costs = np.where(np.isfinite(c.omega), c.costs[k], np.inf)
-    cheapest = optimise(c.with_omega(omega_costs), backend=backend, time_limit_s=time_limit_s, mip_gap=0.0)
-    if cheapest.assign is None:
+    span = cost_range(c, k, backend=backend, time_limit_s=time_limit_s, mip_gap=mip_gap)
+    if span is None:
         return BisectResult((), False, None, "infeasible: the other budgets cannot be met at any size")
-    best = optimise(c, backend=backend, time_limit_s=time_limit_s, mip_gap=mip_gap)
-    small = c.to_user(k, float(cheapest.objective))
-    large = c.to_user(k, float(c.used(best.assign)[k]))
+    small, large = (c.to_user(k, value) for value in span)
 
     trials: list[Trial] = []
     seen: dict[tuple, float] = {}

@@ -86,6 +86,12 @@ class Compiled:
         units = np.arange(self.n_units)
         return self.costs[:, units, assign].sum(axis=1)
 
+    def smallest(self) -> np.ndarray:
+        """Smallest sum-form cost of every kind, each budget alone (overrides in place);
+        a unit left without any choice counts 0."""
+        costs = np.where(np.isfinite(self.omega)[None], self.costs, np.inf).min(axis=2)
+        return np.where(np.isfinite(costs), costs, 0.0).sum(axis=1)
+
     def fits(self, used: np.ndarray) -> bool:
         return bool(np.all(used <= self.rhs + FEAS_RTOL * np.maximum(np.abs(self.rhs), 1.0)))
 

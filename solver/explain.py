@@ -14,7 +14,7 @@ _JOINT_TIME_S = 5.0
 
 def explain(problem: Problem, c: Compiled, *, backend: str, time_limit_s: float) -> Infeasible:
     budgets = list(problem.budgets)
-    alone = _smallest(c)
+    alone = c.smallest()
     reach = []
     for b in budgets:
         k = c.kind_index(b.kind)
@@ -49,7 +49,7 @@ def explain(problem: Problem, c: Compiled, *, backend: str, time_limit_s: float)
                     )
                 )
             continue
-        smallest_without = _smallest(relaxed)
+        smallest_without = relaxed.smallest()
         for r in reach:
             k = c.kind_index(r.kind)
             without = c.to_user(k, smallest_without[k])
@@ -57,12 +57,6 @@ def explain(problem: Problem, c: Compiled, *, backend: str, time_limit_s: float)
                 continue
             blockers.append(_blocker(problem, c, relaxed, what, k, r.limit, without))
     return Infeasible(tuple(reach), c.conflicts, tuple(blockers))
-
-
-def _smallest(c: Compiled) -> np.ndarray:
-    """Smallest sum-form cost per kind, each alone; units without any choice count 0."""
-    costs = np.where(np.isfinite(c.omega)[None], c.costs, np.inf).min(axis=2)
-    return np.where(np.isfinite(costs), costs, 0.0).sum(axis=1)
 
 
 def _with_joint(c: Compiled, r: BudgetReach, *, backend: str, time_limit_s: float) -> BudgetReach:
@@ -144,7 +138,7 @@ def _blocker(
     extra = _layer_extra(problem, c, relaxed, what, kind)
     ranked = sorted((name for name in extra if extra[name][1] > 0), key=lambda n: -extra[n][1])
     smallest = c.to_sum(k, limit)
-    now = float(_smallest(c)[k])
+    now = float(c.smallest()[k])
     named = []
     for name in ranked:
         named.append(name)

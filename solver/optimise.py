@@ -42,12 +42,6 @@ def check_options(*, time_limit_s: float, backend: str, mip_gap: float) -> None:
         raise ValueError(f"mip_gap must be in [0, 1), got {mip_gap!r}")
 
 
-def smallest_alone(c: Compiled) -> np.ndarray:
-    """Smallest sum-form cost of every kind, each budget alone (overrides in place)."""
-    costs = np.where(np.isfinite(c.omega)[None], c.costs, np.inf)
-    return costs.min(axis=2).sum(axis=1)
-
-
 def optimise(
     c: Compiled, *, backend: str, time_limit_s: float, mip_gap: float, start: Bound | None = None
 ) -> Outcome:
@@ -55,7 +49,7 @@ def optimise(
     t0 = time.perf_counter()
     if c.conflicts:
         return Outcome("infeasible", None, None, math.inf, None)
-    alone = smallest_alone(c)
+    alone = c.smallest()
     if np.any(alone > c.rhs + FEAS_RTOL * np.maximum(np.abs(c.rhs), 1.0)):
         return Outcome("infeasible", None, None, math.inf, None)
 
@@ -134,3 +128,19 @@ def _proven(bound: Bound, mip_gap: float) -> bool:
         return False
     closed = bound.upper - bound.lower <= mip_gap * max(abs(bound.upper), 1e-12)
     return closed or bool(np.all(bound.keep.sum(axis=1) == 1))
+
+
+def cost_range(
+    c: Compiled, k: int, *, backend: str, time_limit_s: float, mip_gap: float
+) -> tuple[float, float] | None:
+    """Sum-form cost of kind ``k`` from the cheapest allocation (the other budgets held)
+    to the cost of the best-Ω one; None when the other budgets cannot be met."""
+    rhs = c.rhs.copy()
+    rhs[k] = math.inf
+    opened = c.with_rhs(rhs)
+    costs = np.where(np.isfinite(c.omega), c.costs[k], np.inf)
+    cheapest = optimise(opened.with_omega(costs), backend=backend, time_limit_s=time_limit_s, mip_gap=0.0)
+    if cheapest.assign is None:
+        return None
+    best = optimise(opened, backend=backend, time_limit_s=time_limit_s, mip_gap=mip_gap)
+    return float(cheapest.objective), float(c.used(best.assign)[k])

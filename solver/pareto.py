@@ -21,7 +21,7 @@ import numpy as np
 
 from solver.compiled import Compiled, compile_problem
 from solver.ilp import DEFAULT_MIP_GAP
-from solver.optimise import Outcome, check_options, optimise
+from solver.optimise import Outcome, check_options, cost_range, optimise
 from solver.problem import BUDGET_KINDS, Choice, Problem
 
 
@@ -59,21 +59,15 @@ def pareto(
     c = compile_problem(problem, kinds if kind in kinds else kinds + (kind,))
     k = c.kind_index(kind)
 
-    def run(target: Compiled, *, gap: float = mip_gap, start=None) -> Outcome:
+    def run(target: Compiled, *, start=None) -> Outcome:
         left = max(deadline - time.perf_counter(), 0.01)
-        return optimise(target, backend=backend, time_limit_s=left, mip_gap=gap, start=start)
+        return optimise(target, backend=backend, time_limit_s=left, mip_gap=mip_gap, start=start)
 
-    open_rhs = c.rhs.copy()
-    open_rhs[k] = np.inf
-    cheapest = run(
-        c.with_omega(np.where(np.isfinite(c.omega), c.costs[k], np.inf)).with_rhs(open_rhs), gap=0.0
-    )
-    if cheapest.assign is None:
+    span = cost_range(c, k, backend=backend, time_limit_s=time_limit_s, mip_gap=mip_gap)
+    if span is None:
         return []
-    best = run(c.with_rhs(open_rhs))
+    lo, hi = span
     chosen = run(c)
-    lo = float(cheapest.objective)
-    hi = float(c.used(best.assign)[k])
 
     found: list[tuple[float, Outcome]] = []
     start = None
