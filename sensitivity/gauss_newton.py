@@ -63,79 +63,96 @@ def output_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.Gene
     return torch.stack(cols, 1)
 
 
+class OutputGraph:
+    """One forward pass of a calibration batch with the layer outputs z_l (and
+    inputs x_l) held, answering per-sample Gauss–Newton probes by batched backward
+    passes from the output to the z_l (the graph is kept between calls).
+
+    For z = x Wᵀ over positions t, the per-sample weight-gradient norm is
+    ‖Σ_t g_t x_tᵀ‖² = Σ_{t,t'} (g_t·g_t')(x_t·x_t'): a (T × T) Gram product per
+    sample, and the input Gram x_t·x_t' does not depend on the probe, so it is
+    formed once (convolutions unfold their input; embeddings compare token ids).
+    Samples must be independent along dim 0 of the output (eval mode)."""
+
+    def __init__(self, pert: Perturbation, batch: Batch, layers: Sequence[int]):
+        self.pert, self.batch = pert, batch
+        inputs: dict[int, torch.Tensor] = {}
+        self.z: dict[int, torch.Tensor] = {}
+
+        def hook(i, module, args, out):
+            inputs[i] = args[0].detach()
+            if not out.requires_grad:
+                out = out.detach().requires_grad_(True)
+            self.z[i] = out
+            return out
+
+        handles = [pert.modules[i].register_forward_hook(partial(hook, i)) for i in layers]
+        try:
+            self.output = pert.bundle.output(pert.bundle.model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [pert.names[i] for i in layers if i not in self.z]
+        if missing:
+            raise ValueError(f"layers not run by the model's forward: {', '.join(missing)}")
+        self.gram_x = {i: _input_gram(pert.modules[i], inputs[i]) for i in layers}
+
+    def probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int]) -> torch.Tensor:
+        """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}."""
+        u = self.pert.bundle.output_loss.probes(self.output.detach(), self.batch, k, gen)
+        live = [i for i in layers if self.z[i].requires_grad]
+        grads = torch.autograd.grad(self.output, [self.z[i] for i in live], grad_outputs=u,
+                                    is_grads_batched=True, allow_unused=True, retain_graph=True)
+        cols = {i: torch.zeros(k, dtype=torch.float64) for i in layers}
+        for i, g in zip(live, grads):
+            if g is not None:
+                gs = _positions(self.pert.modules[i], g)  # (k, B, T, out)
+                gram_g = torch.einsum("kbto,kbso->kbts", gs, gs)
+                cols[i] = (gram_g * self.gram_x[i]).sum((1, 2, 3))
+        return torch.stack([cols[i] for i in layers], 1)
+
+
 def per_sample_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.Generator,
                            layers: Sequence[int] | None = None) -> torch.Tensor:
     """(k, L) float64: Σ_s ‖J_{l,s}ᵀ u_s‖², the same expectation Tr(G_ll) as
     `output_probe_norms` without the cross-sample terms (H_out is block-diagonal
-    over samples, so they have mean zero and only add variance).
-
-    Per-sample weight-gradient norms come from one batched backward to the layer
-    outputs z_l: for z = x Wᵀ over positions t, ‖Σ_t g_t x_tᵀ‖² = Σ_{t,t'}
-    (g_t·g_t')(x_t·x_t'), a (T × T) Gram product per sample (convolutions unfold
-    their input; embeddings compare token ids). Samples must be independent along
-    dim 0 of the output (eval mode)."""
+    over samples, so they have mean zero and only add variance)."""
     idx = list(range(len(pert.names))) if layers is None else list(layers)
-    inputs: dict[int, torch.Tensor] = {}
-    outputs: dict[int, torch.Tensor] = {}
-
-    def hook(i, module, args, out):
-        inputs[i] = args[0].detach()
-        if not out.requires_grad:
-            out = out.detach().requires_grad_(True)
-        outputs[i] = out
-        return out
-
-    handles = [pert.modules[i].register_forward_hook(partial(hook, i)) for i in idx]
-    try:
-        output = pert.bundle.output(pert.bundle.model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [pert.names[i] for i in idx if i not in outputs]
-    if missing:
-        raise ValueError(f"layers not run by the model's forward: {', '.join(missing)}")
-    u = pert.bundle.output_loss.probes(output.detach(), batch, k, gen)
-    live = [i for i in idx if outputs[i].requires_grad]
-    grads = torch.autograd.grad(output, [outputs[i] for i in live], grad_outputs=u,
-                                is_grads_batched=True, allow_unused=True)
-    cols = dict.fromkeys(idx)
-    for i, g in zip(live, grads):
-        if g is not None:
-            cols[i] = _per_sample_sq_norm(pert.modules[i], inputs[i], g)
-    return torch.stack([torch.zeros(k, dtype=torch.float64) if cols[i] is None else cols[i]
-                        for i in idx], 1)
+    return OutputGraph(pert, batch, idx).probe_norms(k, gen, idx)
 
 
-def _per_sample_sq_norm(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σ_s ‖per-sample weight gradient‖² for each probe; g: (k, *z.shape)."""
+def _positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """Output gradients (k, *z.shape) as (k, B, T, out) in float64."""
     k, b = g.shape[0], g.shape[1]
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return g.reshape(k, b, g.shape[2], -1).transpose(2, 3).double()
+    return g.reshape(k, b, -1, g.shape[-1]).double()
+
+
+def _input_gram(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) float64: x_t·x_t' per sample, in the positions of `_positions`."""
+    b = x.shape[0]
     if isinstance(module, nn.Linear):
-        xs = x.reshape(b, -1, x.shape[-1]).double()  # (B, T, in)
-        gs = g.reshape(k, b, -1, g.shape[-1]).double()  # (k, B, T, out)
-        same = None
+        xs = x.reshape(b, -1, x.shape[-1]).double()
     elif isinstance(module, nn.Embedding):
         ids = x.reshape(b, -1)
-        gs = g.reshape(k, b, ids.shape[1], -1).double()
-        same = (ids.unsqueeze(2) == ids.unsqueeze(1))
+        same = ids.unsqueeze(2) == ids.unsqueeze(1)
         if module.padding_idx is not None:
             keep = ids != module.padding_idx
             same = same & keep.unsqueeze(2) & keep.unsqueeze(1)
-        xs = None
+        return same.double()
     elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
         if module.groups != 1 or module.padding_mode != "zeros":
-            raise ValueError("per-sample Fisher supports ungrouped, zero-padded convolutions; "
-                             "use per_sample=False")
-        x2 = x.unsqueeze(-2) if isinstance(module, nn.Conv1d) else x
-        kernel = tuple(module.kernel_size) if isinstance(module, nn.Conv2d) else (1, module.kernel_size[0])
-        pad, stride, dil = (module.padding, module.stride, module.dilation)
+            raise ValueError("per-sample Gauss–Newton probes support ungrouped, zero-padded "
+                             "convolutions; use engine='gn_joint'")
         if isinstance(module, nn.Conv1d):
-            pad, stride, dil = (0, pad[0]), (1, stride[0]), (1, dil[0])
-        cols = F.unfold(x2, kernel, dilation=dil, padding=pad, stride=stride)  # (B, in·kk, L)
-        xs = cols.transpose(1, 2).double()  # (B, L, in·kk)
-        gs = g.reshape(k, b, g.shape[2], -1).transpose(2, 3).double()  # (k, B, L, out)
-        same = None
+            x2, kernel = x.unsqueeze(-2), (1, module.kernel_size[0])
+            pad, stride, dil = (0, module.padding[0]), (1, module.stride[0]), (1, module.dilation[0])
+        else:
+            x2, kernel = x, tuple(module.kernel_size)
+            pad, stride, dil = module.padding, module.stride, module.dilation
+        cols = F.unfold(x2, kernel, dilation=dil, padding=pad, stride=stride)  # (B, in·kk, T)
+        xs = cols.transpose(1, 2).double()
     else:
-        raise ValueError(f"per-sample Fisher does not support {type(module).__name__}")
-    gram_g = torch.einsum("kbto,kbso->kbts", gs, gs)
-    gram_x = same.double() if same is not None else torch.einsum("bti,bsi->bts", xs, xs)
-    return (gram_g * gram_x).sum((1, 2, 3))
+        raise ValueError(f"Gauss–Newton probes do not support {type(module).__name__}")
+    return torch.einsum("bti,bsi->bts", xs, xs)

@@ -61,6 +61,6 @@ class QuantizedWeights:
 
 
 def loss_with(bundle: ModelBundle, qw: QuantizedWeights, assignment: Sequence[tuple[str, Choice]]) -> float:
-    """Calibration loss with the listed layers quantized at their choice."""
-    with replaced_weights(bundle.model, {n: qw(n, c) for n, c in assignment if c[0] < 16}):
+    """Calibration loss with the listed layers at their choice (16 bits: fp16 storage)."""
+    with replaced_weights(bundle.model, {n: qw(n, c) for n, c in assignment}):
         return calibration_loss(bundle)

@@ -2,7 +2,7 @@
 precision), measured on the calibration data for every candidate width.
 
 One forward pass over the calibration data per layer and quantized choice
-(16-bit choices are exactly 0). Values can be negative: a quantization that
+(16-bit choices measure the fp16 rounding of storage). Values can be negative: a quantization that
 happens to lower the calibration loss is reported as measured.
 Params: none.
 """
@@ -45,9 +45,6 @@ def estimate(
         t0 = time.perf_counter()
         omega[name] = {}
         for c in choices:
-            if c[0] >= 16:
-                omega[name][c] = 0.0
-                continue
             omega[name][c] = loss_with(bundle, qw, [(name, c)]) - base
             forwards += 1
         left = len(names) - k - 1

@@ -30,7 +30,7 @@ import torch
 
 from sensitivity.bundle import ModelBundle
 from sensitivity.checkpoint import current_checkpoint, generator_state, restore_generator
-from sensitivity.gauss_newton import output_probe_norms, per_sample_probe_norms, tangent_quadratics
+from sensitivity.gauss_newton import OutputGraph, output_probe_norms, tangent_quadratics
 from sensitivity.hvp import LossGraph, rademacher
 from sensitivity.params import check_fraction, check_positive_int
 from sensitivity.perturb import Perturbation, frozen
@@ -115,7 +115,7 @@ def hutchinson_traces(
         restore_generator(gen, saved["generator"])
     total = sum(bundle.batch_size(b) for b in bundle.calibration)
     single = len(bundle.calibration) == 1
-    graphs: dict[int, LossGraph] = {}
+    graphs: dict[int, LossGraph | OutputGraph] = {}
     active = [i for i, n in enumerate(names) if not _done(stats[n], params)]
     round_seconds: list[float] = []
     with frozen(bundle.model):
@@ -125,9 +125,17 @@ def hutchinson_traces(
             sample = {i: torch.zeros(k, dtype=torch.float64) for i in active}
             for b, batch in enumerate(bundle.calibration):
                 share = bundle.batch_size(batch) / total
-                if engine in GN_ENGINES:
-                    probe = per_sample_probe_norms if engine == "gn" else output_probe_norms
-                    norms = probe(pert, batch, k, gen, layers=active)
+                if engine == "gn":  # one forward per batch (kept for a single batch)
+                    og = graphs.get(b) or OutputGraph(pert, batch, active)
+                    if single:
+                        graphs[b] = og
+                    norms = og.probe_norms(k, gen, active)
+                    for c, i in enumerate(active):
+                        sample[i] += share * norms[:, c]
+                    hvps += k
+                    continue
+                if engine == "gn_joint":
+                    norms = output_probe_norms(pert, batch, k, gen, layers=active)
                     for c, i in enumerate(active):
                         sample[i] += share * norms[:, c]
                     hvps += k

@@ -7,9 +7,9 @@ layer order):
   second-order loss change of quantizing both is Ω_i + Ω_j + P_ij);
 - `pairs="measured"`: G_ij = L(i, j) − L(i) − L(j) + L(∅) on calibration data.
 
-Pairs go to `table.pairs[(a, b)] = {(choice_a, choice_b): value}` with a before b;
-16-bit choices give 0. Params: window (default 2), pairs (default "hessian"),
-and every `hawq_v2` parameter.
+Pairs go to `table.pairs[(a, b)] = {(choice_a, choice_b): value}` with a before b
+(every choice pair; a 16-bit choice is its fp16 storage rounding, tiny).
+Params: window (default 2), pairs (default "hessian"), and every `hawq_v2` parameter.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def hessian_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[C
                   quant: QuantConfig, window: int, progress: Progress) -> tuple[Pairs, int]:
     pert = Perturbation(bundle, names)
     qw = QuantizedWeights(bundle.model, quant)
-    quantized = [c for c in choices if c[0] < 16]
+    quantized = list(choices)
     deltas = {(i, c): pert.restrict(i, qw.delta(n, c)) for i, n in enumerate(names) for c in quantized}
     total = sum(bundle.batch_size(b) for b in bundle.calibration)
     pairs = {(names[i], names[j]): {(ca, cb): 0.0 for ca in choices for cb in choices}
@@ -111,7 +111,7 @@ def hessian_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[C
 def measured_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[Choice],
                    quant: QuantConfig, window: int, progress: Progress) -> tuple[Pairs, int]:
     qw = QuantizedWeights(bundle.model, quant)
-    quantized = [c for c in choices if c[0] < 16]
+    quantized = list(choices)
     base = calibration_loss(bundle)
     single = {(n, c): loss_with(bundle, qw, [(n, c)]) for n in names for c in quantized}
     forwards = 1 + len(single)

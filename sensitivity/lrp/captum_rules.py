@@ -6,7 +6,8 @@ deep copy): BatchNorm folded into the preceding convolution
 (`torch.fx.experimental.optimization.fuse`), each `+` replaced by captum's
 `Addition_Module`, a module called more than once split into copies (captum keeps
 per-module state), and `Flatten` given an identity rule that reshapes (captum's
-`IdentityRule` returns the output's shape and breaks the backward). captum keeps
+`IdentityRule` returns the output's shape and breaks the backward); `nn.Identity`
+calls are dropped. captum keeps
 its layer and hook lists on the class, so each run starts them empty. Module
 names of the quantizable layers are kept, so relevance is reported under the
 bundle's names.
@@ -61,6 +62,9 @@ def canonize(model: nn.Module) -> fx.GraphModule:
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_module(name, args=tuple(node.args[:2]))
             node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+        elif node.op == "call_module" and isinstance(gm.get_submodule(node.target), nn.Identity):
+            node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
         elif node.op == "call_module":
             seen[node.target] = seen.get(node.target, 0) + 1

@@ -10,6 +10,7 @@ from sensitivity.bundle import ModelBundle
 # name -> (module, description); modules import lazily so `bitalloc --help` stays fast.
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "digits-cnn": ("sensitivity.models.digits_cnn", "small residual CNN on scikit-learn digits"),
+    "digits-vit": ("sensitivity.models.digits_vit", "small vision transformer on scikit-learn digits"),
     "minilm": ("sensitivity.models.minilm", "pretrained all-MiniLM-L6-v2 sentence encoder"),
 }
 

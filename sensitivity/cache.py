@@ -1,0 +1,77 @@
+"""Content-addressed storage of sensitivity tables.
+
+A table's key is a SHA-256 over everything that determines it: the model's
+weights (every state_dict tensor), the calibration data, the method and its
+parameters, the quantizer config, the candidate choices and the layers, plus
+`FORMAT` (bumped when an estimator's numbers change). Layout under
+`sensitivity.paths.cache_dir("tables")`:
+
+    <key>.json          the finished table (SensitivityTable.to_json)
+    <key>.partial.json  the checkpoint of an interrupted computation
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernels.quantizer import QuantConfig
+from sensitivity.bundle import ModelBundle
+from sensitivity.layers import LayerInfo
+from sensitivity.paths import atomic_write_bytes, cache_dir
+from sensitivity.table import Choice, SensitivityTable
+
+FORMAT = 1
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes()
+
+
+def _update_tensor(h, name: str, t: torch.Tensor) -> None:
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(_tensor_bytes(t))
+
+
+def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
+              quant: QuantConfig, params: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    header = {"format": FORMAT, "method": method, "params": params, "quant": asdict(quant),
+              "choices": sorted([list(c) for c in choices]), "layers": [layer.name for layer in layers]}
+    h.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for name, t in sorted(bundle.model.state_dict().items()):
+        _update_tensor(h, f"w:{name}", t)
+    for i, batch in enumerate(bundle.calibration):
+        for k in sorted(batch):
+            _update_tensor(h, f"c{i}:{k}", batch[k])
+    return h.hexdigest()
+
+
+class TableCache:
+    def __init__(self, root: Path | None = None):
+        self.root = root or cache_dir("tables")
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def partial_path(self, key: str) -> Path:
+        return self.root / f"{key}.partial.json"
+
+    def load(self, key: str) -> SensitivityTable | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            return SensitivityTable.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged entry is recomputed
+
+    def store(self, key: str, table: SensitivityTable) -> None:
+        atomic_write_bytes(self.path(key), json.dumps(table.to_json()).encode())

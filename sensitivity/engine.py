@@ -1,0 +1,54 @@
+"""The one entry point the pipeline calls: cache lookup → estimator → store.
+
+`compute_table` returns the cached table when one exists for the same weights,
+calibration data, method, parameters, quantizer config, choices and layers
+(`meta["cache"] = "hit"`), so a second job with another budget does not
+recompute. Otherwise it runs the estimator with a checkpoint open under the
+table's key (`meta["cache"] = "miss"`); an interrupted run resumes from the
+probes and layers it had finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kernels.quantizer import QuantConfig
+from sensitivity.bundle import ModelBundle
+from sensitivity.cache import TableCache, table_key
+from sensitivity.checkpoint import Checkpoint, using_checkpoint
+from sensitivity.estimators import get_estimator
+from sensitivity.layers import LayerInfo
+from sensitivity.progress import Progress, no_progress
+from sensitivity.table import Choice, SensitivityTable
+
+
+def compute_table(
+    method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
+    quant: QuantConfig, params: dict[str, Any], progress: Progress = no_progress, *,
+    cache: TableCache | None = None, use_cache: bool = True, checkpoint_interval_s: float = 10.0,
+) -> SensitivityTable:
+    estimator = get_estimator(method)
+    params = dict(params)
+    choices = sorted(choices)
+    if not use_cache:
+        table = estimator(bundle, layers, choices, quant, params, progress)
+        table.meta["cache"] = "off"
+        return table
+    cache = cache or TableCache()
+    start = time.perf_counter()
+    key = table_key(method, bundle, layers, choices, quant, params)
+    hit = cache.load(key)
+    if hit is not None:
+        hit.meta.update(cache="hit", cache_key=key, cache_seconds=time.perf_counter() - start)
+        progress("sensitivity", 1.0, f"{method}: reused cached table {key[:12]}")
+        return hit
+    ckpt = Checkpoint(cache.partial_path(key), interval_s=checkpoint_interval_s)
+    resumed = ckpt.load() is not None
+    with using_checkpoint(ckpt):
+        table = estimator(bundle, layers, choices, quant, params, progress)
+    table.meta.update(cache="miss", cache_key=key, resumed=resumed)
+    cache.store(key, table)
+    ckpt.clear()
+    return table

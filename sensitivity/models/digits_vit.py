@@ -1,0 +1,157 @@
+"""`digits-vit`: a small vision transformer on scikit-learn's 8×8 digits, trained at
+first use with a fixed seed and cached on disk (the `digits-cnn` scheme).
+
+2×2 patches (16 tokens of 4 pixels) → linear patch embedding (dim 64) + learned
+position embedding → 2 pre-norm blocks (4-head softmax attention written out with
+`nn.Linear` q/k/v/proj, GELU MLP 64→128→64) → LayerNorm → mean over tokens →
+linear head. Attention is eager (`F.softmax`), so second-order autograd and the
+LRP rules for attention both apply.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save
+from torch import nn
+
+from sensitivity.bundle import ModelBundle
+from sensitivity.data.digits import DigitsSplit, load_digits_split
+from sensitivity.losses import task_loss
+from sensitivity.output_loss import CrossEntropyOutput
+from sensitivity.paths import atomic_write_bytes, cache_dir
+
+VERSION = 1  # bump when the architecture or training recipe changes
+SEED = 0
+EPOCHS = 60
+CALIBRATION_SAMPLES = 256
+PATCH = 2
+DIM = 64
+HEADS = 4
+DEPTH = 2
+MLP_DIM = 128
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        weights = F.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(mlp_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class DigitsViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        tokens = (8 // PATCH) ** 2
+        self.patch_embed = nn.Linear(PATCH * PATCH, DIM)
+        self.pos = nn.Parameter(torch.zeros(1, tokens, DIM))
+        self.blocks = nn.ModuleList(Block(DIM, HEADS, MLP_DIM) for _ in range(DEPTH))
+        self.norm = nn.LayerNorm(DIM)
+        self.head = nn.Linear(DIM, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        # (b, 1, 8, 8) → (b, 16, 4): row-major 2×2 patches
+        patches = x.view(b, 8 // PATCH, PATCH, 8 // PATCH, PATCH).permute(0, 1, 3, 2, 4)
+        h = self.patch_embed(patches.reshape(b, -1, PATCH * PATCH)) + self.pos
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+def _train(data: DigitsSplit) -> DigitsViT:
+    gen = torch.Generator().manual_seed(SEED)
+    torch.manual_seed(SEED)
+    model = DigitsViT()
+    nn.init.normal_(model.pos, std=0.02)
+    n = data.x_train.shape[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=EPOCHS * -(-n // 64),
+                                                pct_start=0.1)
+    model.train()
+    for _ in range(EPOCHS):
+        for idx in torch.randperm(n, generator=gen).split(64):
+            opt.zero_grad()
+            task_loss(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def _trained_model(data: DigitsSplit) -> DigitsViT:
+    path = cache_dir("models") / f"digits-vit-v{VERSION}.safetensors"
+    if path.exists():
+        model = DigitsViT()
+        model.load_state_dict(load_file(path))
+        return model.eval()
+    model = _train(data)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    return model
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean()) * 100
+
+
+def load() -> ModelBundle:
+    data = load_digits_split()
+    model = _trained_model(data)
+    calib = {"x": data.x_train[:CALIBRATION_SAMPLES], "y": data.y_train[:CALIBRATION_SAMPLES]}
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            logits = m(data.x_test)
+        return {
+            "accuracy": float((logits.argmax(-1) == data.y_test).float().mean()) * 100,
+            "test_loss": float(task_loss(logits, data.y_test)),
+        }
+
+    output_loss = CrossEntropyOutput(label_key="y")
+
+    def output(m: nn.Module, b) -> torch.Tensor:
+        return m(b["x"])
+
+    return ModelBundle(
+        name="digits-vit",
+        model=model,
+        calibration=[calib],
+        forward=output,
+        loss=lambda m, b: output_loss(output(m, b), b),
+        output=output,
+        output_loss=output_loss,
+        inputs=lambda b: (b["x"],),
+        evaluate=evaluate,
+        quality_metric="accuracy",
+        description="small vision transformer (2x2 patches, dim 64, 2 blocks, 4 heads) on "
+                    "scikit-learn digits (8x8), task loss",
+        info={"test_accuracy": accuracy(model, data.x_test, data.y_test)},
+    )
