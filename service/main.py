@@ -6,6 +6,8 @@ from contextlib import asynccontextmanager
 
 import sqlalchemy.exc
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -63,6 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(crud.Conflict)
     async def _conflict(_request: Request, exc: crud.Conflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler fails (500) on a body that is not UTF-8: show it escaped
+        errors = [{**e, "input": e["input"].decode("utf-8", "backslashreplace")}
+                  if isinstance(e.get("input"), bytes) else e for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(sqlalchemy.exc.OperationalError)
     @app.exception_handler(sqlalchemy.exc.InterfaceError)
