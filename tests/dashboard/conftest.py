@@ -1,4 +1,5 @@
-"""A real `bitalloc serve` (SQLite, embedded worker) and a headless Debian
+"""A real `bitalloc serve` (SQLite, embedded worker; shared with the pipeline
+tests, see tests/pipelines/live_server.py) and a headless Debian
 Chromium driven by Selenium through the system chromedriver. Without Chromium
 the tests skip, except under CI=true, where they fail."""
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
-from svc_processes import FAST_REAPING, serve  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[1] / "pipelines"))
+import live_server  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -21,10 +22,8 @@ DOCS_SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 
 @pytest.fixture(scope="session")
 def dashboard_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve-dashboard")
-    env = {"BITALLOC_DATA": str(tmp / "data"), "DATABASE_URL": "", "REDIS_URL": "", **FAST_REAPING}
-    with serve(tmp, env) as server:
-        yield server
+    yield live_server.start(tmp_path_factory)
+    live_server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,37 +1,27 @@
-"""A real `bitalloc serve` (SQLite, embedded worker) for the pipeline tests,
-and the code blocks of docs/pipelines.md."""
+"""The live server (shared with the dashboard tests) and the environment a CI
+job would have."""
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
-from svc_processes import FAST_REAPING, serve  # noqa: E402
-
-DOC = Path(__file__).parents[2] / "docs" / "pipelines.md"
-
-
-def code_blocks(language: str) -> list[str]:
-    """The fenced blocks of docs/pipelines.md in `language`, in order."""
-    return re.findall(rf"^```{language}\n(.*?)^```$", DOC.read_text(), flags=re.S | re.M)
+sys.path.insert(0, str(Path(__file__).parent))
+import live_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pipeline_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("serve-pipelines")
-    env = {"BITALLOC_DATA": str(tmp / "data"), "DATABASE_URL": "", "REDIS_URL": "", **FAST_REAPING}
-    with serve(tmp, env) as server:
-        yield server
+    yield live_server.start(tmp_path_factory)
+    live_server.stop()
 
 
 @pytest.fixture
 def pipeline_env(pipeline_server):
-    """The environment a CI job would have: the server, its key, bitalloc on PATH."""
+    """The server, its key, bitalloc on PATH; no other BITALLOC_ settings."""
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BITALLOC_")}
     return {**env, "BITALLOC_URL": pipeline_server.url, "BITALLOC_API_KEY": pipeline_server.key,

@@ -28,8 +28,10 @@ export function fmtNum(x, digits = 3) {
   return Number(x.toPrecision(digits)).toString();
 }
 
+// Times without a zone (SQLite drops it) are UTC.
 export function fmtTime(iso) {
-  return iso ? new Date(iso).toLocaleString() : "–";
+  if (!iso) return "–";
+  return new Date(/[Zz]|[+-]\d\d:?\d\d$/.test(iso) ? iso : `${iso}Z`).toLocaleString();
 }
 
 export function fmtBudgets(budgets = {}) {
