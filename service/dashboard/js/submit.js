@@ -124,11 +124,17 @@ async function chosen(picker, kind, fieldName) {
   form.append("name", picker.name.value.trim() || file.name.replace(/\..*$/, ""));
   if (picker.arch && picker.arch.value) form.append("architecture", picker.arch.value);
   form.append("file", file);
+  let stored;
   try {
-    return (await api.upload(kind, form)).name;
+    stored = await api.upload(kind, form);
   } catch (err) {
     throw new FieldError(fieldName, err.message);
   }
+  // uploaded once: a resubmit (say after a budget error) uses it instead of uploading again
+  picker.select.add(h("option", { value: stored.name }, `${stored.name} (uploaded)`), 0);
+  picker.select.value = stored.name;
+  picker.upload.hidden = true;
+  return stored.name;
 }
 
 function lines(text) {
