@@ -21,17 +21,19 @@ from sensitivity.bundle import ModelBundle
 from sensitivity.estimators.hawq_v2 import trace_table
 from sensitivity.estimators.hutchinson import TraceParams
 from sensitivity.layers import LayerInfo
-from sensitivity.params import build_params
+from sensitivity.params import accepted_names
 from sensitivity.progress import Progress
 from sensitivity.table import Choice, SensitivityTable
 
+ACCEPTED = [name for name in accepted_names(TraceParams) if name != "mode"]
+
 
 def parse_params(params: dict[str, Any]) -> TraceParams:
-    if "mode" in params or "backend" in params:
-        raise ValueError("fisher: unknown parameter(s) "
-                         f"{', '.join(sorted({'mode', 'backend'} & set(params)))}; accepted: "
-                         "tol, min_probes, max_probes, seed, engine, block")
-    trace = build_params(TraceParams, params, "fisher")
+    unknown = sorted(set(params) - set(ACCEPTED))
+    if unknown:
+        raise ValueError(f"fisher: unknown parameter(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(ACCEPTED)}")
+    trace = TraceParams(**params)
     if trace.engine not in ("auto", "gn", "gn_joint"):
         raise ValueError(f"fisher: engine must be one of auto, gn, gn_joint, got {trace.engine!r}")
     return trace
