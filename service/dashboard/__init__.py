@@ -10,14 +10,21 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from service.builtins import BUILTIN_MODELS
+
 ROOT = Path(__file__).parent
 
 
 def mount(app: FastAPI) -> None:
-    """`/` is the single page; `/dashboard/...` its scripts and styles."""
+    """`/` is the single page; `/dashboard/...` its scripts and styles, and
+    `/dashboard/builtins.json` the built-in models the submit form offers."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(ROOT / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/dashboard/builtins.json", include_in_schema=False)
+    def builtins() -> dict[str, list[str]]:
+        return {"models": list(BUILTIN_MODELS)}
 
     app.mount("/dashboard", StaticFiles(directory=ROOT), name="dashboard")

@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { h } from "./dom.js";
 
-const BUILTIN = ["digits-cnn", "minilm"];
+const BUILTIN = ["digits-cnn", "minilm"]; // replaced by /dashboard/builtins.json when it loads
 const WIDTHS = [2, 3, 4, 5, 6, 8, 16];
 const BUDGETS = [["avg_bits", "average bits", "4"], ["size_mb", "size (MB)", ""],
   ["bops", "bit operations", ""], ["latency_ms", "latency (ms)", ""],
@@ -72,6 +72,7 @@ export function submitView(root) {
       h("div.field-error", { id: "error-overrides" })),
     formError, go);
   root.replaceChildren(h("h1", {}, "Submit a job"), form);
+  loadBuiltins(model);
   loadUploads(model.select, "models", BUILTIN.length);
   loadUploads(dataset.select, "datasets", 1);
 
@@ -102,6 +103,24 @@ export function submitView(root) {
     }
   });
   return () => {};
+}
+
+async function loadBuiltins(picker) {
+  try {
+    const { models } = await (await fetch("/dashboard/builtins.json")).json();
+    const known = [...picker.select.options].map((o) => o.value);
+    for (const name of models.filter((m) => !known.includes(m))) {
+      picker.select.add(h("option", { value: name }, `${name} (built-in)`), BUILTIN.length);
+    }
+    for (const name of BUILTIN.filter((m) => !models.includes(m))) {
+      picker.select.querySelector(`option[value="${CSS.escape(name)}"]`)?.remove();
+    }
+    if (picker.arch) {
+      for (const name of models.filter((m) => !known.includes(m))) {
+        picker.arch.add(h("option", { value: name }, `${name} state dict (.safetensors)`));
+      }
+    }
+  } catch { /* the built-in list above stands */ }
 }
 
 async function loadUploads(select, kind, at) {
