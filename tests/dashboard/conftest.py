@@ -18,6 +18,12 @@ import live_server  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DOCS_SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
+_taken: list[Path] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _taken:
+        terminalreporter.write_line(f"dashboard screenshots ({len(_taken)}): {_taken[0].parent}")
 
 
 @pytest.fixture(scope="session")
@@ -64,11 +70,11 @@ def screenshots(tmp_path_factory):
         driver.set_window_size(1280, max(900, min(int(height) + 160, 6000)))
         path = out / f"{name}.png"
         driver.save_screenshot(str(path))
+        _taken.append(path)
         driver.set_window_size(1280, 900)
         if update_docs:
             DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, DOCS_SCREENSHOTS / path.name)
         return path
 
-    yield take
-    print(f"\ndashboard screenshots: {out}")
+    return take

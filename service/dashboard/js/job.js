@@ -23,9 +23,8 @@ export function jobView(root, id) {
     }
     renderHead(head, job);
     if (job.status === "succeeded" && !shown) {
+      renderResult(details, job, await api.result(id));
       shown = true;
-      const result = await api.result(id);
-      renderResult(details, job, result);
     }
     return !FINISHED.includes(job.status);
   }
@@ -37,7 +36,10 @@ export function jobView(root, id) {
 function renderHead(el, job) {
   const pct = Math.round(100 * (job.status === "succeeded" ? 1 : job.progress));
   const cancel = FINISHED.includes(job.status) ? null : h("button.secondary", { type: "button",
-    id: "cancel-job", onclick: async (ev) => { ev.target.disabled = true; await api.cancel(job.id); } },
+    id: "cancel-job", onclick: async (ev) => {
+      ev.target.disabled = true;
+      try { await api.cancel(job.id); } catch (err) { ev.target.replaceWith(h("span.error", {}, err.message)); }
+    } },
   "Cancel");
   el.replaceChildren(...[
     h("div.progress-line", {}, badge(job.status), progressBar(job),
