@@ -42,15 +42,19 @@ def new_tenant_key(server, tenant: str) -> str:
     return json.loads(out.stdout)["key"]
 
 
-def count_fetches(driver, seconds: float) -> int:
-    """Requests the page makes in the next `seconds` (fetch is wrapped once)."""
+def count_fetches(driver, seconds: float, on_tick=lambda: None) -> int:
+    """Requests the page makes in the next `seconds` (fetch is wrapped once);
+    `on_tick` is called every 0.2 s meanwhile."""
     driver.execute_script("""
         if (!window.__wrapped) {
           window.__wrapped = true; window.__fetches = 0;
           const f = window.fetch; window.fetch = (...a) => { window.__fetches += 1; return f(...a); };
         }
         window.__fetches = 0;""")
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        on_tick()
+        time.sleep(0.2)
     return driver.execute_script("return window.__fetches")
 
 
@@ -58,6 +62,18 @@ def set_hidden(driver, hidden: bool) -> None:
     driver.execute_script("""
         Object.defineProperty(document, 'hidden', {configurable: true, get: () => arguments[0]});
         document.dispatchEvent(new Event('visibilitychange'));""", hidden)
+
+
+class ProgressLog:
+    """The job page's progress readings, each change once."""
+
+    def __init__(self, driver):
+        self.driver, self.seen = driver, []
+
+    def __call__(self) -> None:
+        text = text_of(self.driver, "#job-progress")
+        if text is not None and (not self.seen or self.seen[-1] != text):
+            self.seen.append(text)
 
 
 def text_of(driver, selector: str) -> str | None:

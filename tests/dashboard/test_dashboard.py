@@ -5,10 +5,12 @@ a screenshot of each page."""
 from __future__ import annotations
 
 import json
+import random
 import time
 
 from dash_helpers import (
     CHEAP_JOB,
+    ProgressLog,
     count_fetches,
     css,
     new_tenant_key,
@@ -63,19 +65,24 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
                                                    tmp_path):
     server = dashboard_server
     open_signed_in(browser, server, server.key, "#/submit")
-    one(browser, "#budget-avg_bits")
+    # parameters of its own: no cached sensitivities, so there is progress to watch
+    params = {**CHEAP_JOB["method_params"], "tol": round(0.2 + random.random() * 1e-4, 9)}
+    box = one(browser, "#method-params")
+    box.clear()
+    box.send_keys(json.dumps(params))
     screenshots(browser, "submit")
     one(browser, "#submit-job").click()
     until(browser, lambda: "#/jobs/" in browser.current_url)
     job_id = browser.current_url.rsplit("/", 1)[1]
     spec = server.client().get(f"/v1/jobs/{job_id}").json()["spec"]
-    assert spec["method_params"] == CHEAP_JOB["method_params"] and spec["budgets"] == {"avg_bits": 4}
+    assert spec["method_params"] == params and spec["budgets"] == {"avg_bits": 4}
 
     # polling backs off while the tab is hidden and catches up when it returns
     one(browser, "#job-progress")
-    visible = count_fetches(browser, 8)
+    progress = ProgressLog(browser)
+    visible = count_fetches(browser, 8, progress)
     set_hidden(browser, True)
-    hidden = count_fetches(browser, 8)
+    hidden = count_fetches(browser, 8, progress)
     set_hidden(browser, False)
     assert visible >= 5 and hidden <= 2, (visible, hidden)
 
@@ -87,13 +94,11 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
     screenshots(browser, "jobs-running")
 
     browser.get(f"{server.url}/#/jobs/{job_id}")
-    seen = []
     deadline = time.monotonic() + 240
     while not css(browser, "#bits-chart") and time.monotonic() < deadline:
-        text = text_of(browser, "#job-progress")
-        if text is not None and (not seen or seen[-1] != text):
-            seen.append(text)
+        progress()
         time.sleep(0.2)
+    seen = progress.seen
     assert css(browser, "#bits-chart"), f"no result after 240 s; progress {seen}\n{server.tail()}"
     moving = [p for p in seen if p not in ("0%", "100%")]
     assert len(set(moving)) >= 2, f"progress did not move: {seen}"
