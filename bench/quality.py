@@ -1,0 +1,209 @@
+"""Allocation quality benchmark: every sensitivity method against uniform and random
+allocation at the same size, on digits-cnn, digits-vit and minilm.
+
+For each model and average-bits budget (scale and zero overhead included) it
+measures the real quality (fake-quantized weights, the bundle's own evaluation) of
+
+- `uniform`: one width for every layer, the largest whose average bits (overhead
+  included) is <= the budget (2 bits when none is); no search. The next width up
+  (`uniform_above`, the smallest uniform model at least as large) is recorded too;
+- `random`: 5 seeds of a random sensitivity Ω_l(b) = u_l·‖ΔW_l(b)‖²/‖W_l‖² with
+  u_l ~ U(0, 1), solved by the same integer program (so it fills the budget the
+  same way); mean, standard deviation, min and max;
+- every method (hawq_v1, hawq_v2, fisher, empirical, lrp, interlayer with its pair
+  terms in the solver), with predicted ΣΩ, sensitivity time and solve time.
+
+A method's table is computed once per model (through the table cache, so a rerun
+reuses it): Ω does not depend on the budget.
+
+    .venv/bin/python bench/quality.py                 # all models; JSON, docs/results.md, docs/quality.png
+    .venv/bin/python bench/quality.py --render        # only redraw the docs from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+# run as a script, bench/ would come first on the path and bench/solver.py shadow `solver`
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench.quality_report import render  # noqa: E402
+from kernels.quantizer import QuantConfig  # noqa: E402
+from sensitivity.engine import compute_table  # noqa: E402
+from sensitivity.layers import discover_layers  # noqa: E402
+from sensitivity.models import load_model  # noqa: E402
+from sensitivity.omega import quant_errors, weight_norms  # noqa: E402
+from solver import solve  # noqa: E402
+from workers.evaluate import measure, uniform_points  # noqa: E402
+from workers.problem import build_problem, candidate_choices  # noqa: E402
+from workers.spec import JobSpec  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "quality.json"
+MODELS = ("digits-cnn", "digits-vit", "minilm")
+BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0)
+RANDOM_SEEDS = 5
+TRACE = {"tol": 0.1, "max_probes": 30}
+# probe caps keep the whole run near 20 minutes on two cores; minilm's power
+# iteration is the slowest part (one double backward per iteration per layer)
+METHOD_PARAMS = {
+    "hawq_v1": {"tol": 0.01, "max_iter": 30},
+    "hawq_v2": TRACE,
+    "fisher": TRACE,
+    "empirical": {},
+    "lrp": {},
+    "interlayer": {**TRACE, "window": 2},
+}
+MODEL_PARAMS = {"minilm": {"hawq_v1": {"tol": 0.02, "max_iter": 10}}}
+METHODS = tuple(METHOD_PARAMS)
+
+
+def method_params(model: str, method: str) -> dict:
+    return MODEL_PARAMS.get(model, {}).get(method, METHOD_PARAMS[method])
+
+
+def spec_for(model: str, method: str, budget: float) -> JobSpec:
+    return JobSpec(model=model, method=method, method_params=method_params(model, method),
+                   budgets={"avg_bits": budget}, pareto_points=0)
+
+
+def random_omega(bundle, names, choices, base, seed: int) -> dict:
+    """Ω_l(b) = u_l · relative quantization error, u_l ~ U(0, 1): sensitivity without information."""
+    rng = random.Random(seed)
+    errors = quant_errors(bundle.model, names, choices, base)
+    norms = weight_norms(bundle.model, names)
+    omega = {}
+    for n in names:
+        u = rng.random()
+        omega[n] = {c: u * e / norms[n] if norms[n] > 0 else 0.0 for c, e in errors[n].items()}
+    return omega
+
+
+def point(bundle, layers, base, spec, omega, pairs=None) -> dict:
+    problem = build_problem(spec, bundle, layers, omega, base, pairs)
+    allocation = solve(problem)
+    if not allocation.ok:
+        return {"status": allocation.status, "explanation": str(allocation.explanation)}
+    quality = measure(bundle, dict(allocation.choices), base)
+    return {
+        "status": allocation.status,
+        "avg_bits": allocation.budget_use["avg_bits"][0],
+        "quality": quality,
+        "predicted_omega": allocation.objective,
+        "solve_s": allocation.solve_time_s,
+        "bits": {n: c[0] for n, c in allocation.choices.items()},
+    }
+
+
+def run_model(name: str, log) -> dict:
+    t0 = time.perf_counter()
+    bundle = load_model(name)
+    load_s = time.perf_counter() - t0
+    layers = [layer for layer in discover_layers(bundle) if layer.used]
+    names = [layer.name for layer in layers]
+    metric = bundle.quality_metric
+    base = QuantConfig(4, 128, False, False)
+    choices = candidate_choices(spec_for(name, "hawq_v2", BUDGETS[0]))
+    full = bundle.evaluate(bundle.model)
+    log(f"{name}: {len(layers)} layers, full precision {metric} {full[metric]:.2f}, load {load_s:.1f}s")
+    uniform = uniform_points(spec_for(name, "hawq_v2", BUDGETS[0]), bundle, layers, base, "avg_bits")
+    out = {
+        "metric": metric, "full_precision": full, "layers": len(layers),
+        "params": sum(layer.params for layer in layers), "load_s": load_s, "info": bundle.info,
+        "uniform_curve": [{"w_bits": p.w_bits, "avg_bits": p.avg_bits, "quality": p.quality}
+                          for p in uniform],
+        "methods": {}, "budgets": {},
+    }
+    tables = {}
+    for method in METHODS:
+        t = time.perf_counter()
+        table = compute_table(method, bundle, layers, choices, base, method_params(name, method))
+        wall = time.perf_counter() - t
+        tables[method] = table
+        out["methods"][method] = {
+            "params": method_params(name, method), "cache": table.meta.get("cache"),
+            "sensitivity_s": float(table.meta.get("seconds", wall)), "wall_s": wall,
+            "pairs": len(table.pairs),
+        }
+        secs = out["methods"][method]["sensitivity_s"]
+        log(f"  {method}: table in {secs:.1f}s ({table.meta.get('cache')})")
+    randoms = [random_omega(bundle, names, choices, base, seed) for seed in range(RANDOM_SEEDS)]
+    for budget in BUDGETS:
+        row: dict = {}
+        below = [p for p in uniform if p.avg_bits <= budget + 1e-9]
+        at = below[-1] if below else uniform[0]
+        above = next((p for p in uniform if p.avg_bits >= budget - 1e-9), uniform[-1])
+        row["uniform"] = {"w_bits": at.w_bits, "avg_bits": at.avg_bits, "quality": at.quality}
+        row["uniform_above"] = {"w_bits": above.w_bits, "avg_bits": above.avg_bits, "quality": above.quality}
+        runs = [point(bundle, layers, base, spec_for(name, "hawq_v2", budget), om) for om in randoms]
+        row["random"] = summarize_random(runs, metric)
+        for method, table in tables.items():
+            spec = spec_for(name, method, budget)
+            row[method] = point(bundle, layers, base, spec, table.omega, table.pairs)
+        out["budgets"][str(budget)] = row
+        log(f"  {budget} bits: " + ", ".join(
+            f"{k} {quality_of(v, metric):.2f}" for k, v in row.items() if quality_of(v, metric) is not None))
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def summarize_random(runs: list[dict], metric: str) -> dict:
+    ok = [r for r in runs if "quality" in r]
+    q = [r["quality"][metric] for r in ok]
+    return {
+        "seeds": len(runs), "solved": len(ok),
+        "quality": {k: statistics.mean(r["quality"][k] for r in ok) for k in ok[0]["quality"]} if ok else {},
+        "std": statistics.stdev(q) if len(q) > 1 else 0.0, "min": min(q, default=None),
+        "max": max(q, default=None),
+        "avg_bits": statistics.mean(r["avg_bits"] for r in ok) if ok else None,
+        "solve_s": statistics.mean(r["solve_s"] for r in ok) if ok else None,
+        "runs": [r.get("quality", {}).get(metric) for r in runs],
+    }
+
+
+def quality_of(entry: dict, metric: str) -> float | None:
+    return entry.get("quality", {}).get(metric)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--render", action="store_true", help="only rewrite docs from the JSON")
+    ap.add_argument("--no-render", action="store_true", help="write the JSON only")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: these models are small and the machine shared)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.render:
+        render(json.loads(RESULTS.read_text()))
+        return 0
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.setdefault("models", {})
+    start = time.perf_counter()
+    for name in args.models:
+        results["threads"] = args.threads
+        results["models"][name] = run_model(name, lambda msg: print(msg, flush=True))
+        results["machine"] = {"platform": platform.platform(), "python": platform.python_version()}
+        results["budgets"], results["methods"] = list(BUDGETS), list(METHODS)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1))
+    results["run_seconds"] = time.perf_counter() - start
+    RESULTS.write_text(json.dumps(results, indent=1))
+    if not args.no_render:
+        render(results)
+    print(f"done in {results['run_seconds']:.0f}s; wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""From bench/results/quality.json to docs/results.md (tables, targets) and
+docs/quality.png (measured quality against average bits, per method and model)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_MD = ROOT / "docs" / "results.md"
+PLOT = ROOT / "docs" / "quality.png"
+HEADLINE = 3.0
+SECONDARY = {"accuracy": "test_loss", "cosine_to_fp": "paraphrase_recall_at_1"}
+LOWER_IS_BETTER = {"test_loss"}
+RECOMMENDATION = "(written after the run)"
+
+
+def q(entry: dict, metric: str) -> float | None:
+    return entry.get("quality", {}).get(metric)
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def headline_rows(model: dict, methods: list[str], budget: float) -> list[str]:
+    metric = model["metric"]
+    fp = model["full_precision"][metric]
+    second = SECONDARY.get(metric)
+    row = model["budgets"][str(budget)]
+    lines = [f"| allocation | avg bits | {metric} | drop | {second} | predicted ΣΩ | sensitivity s "
+             "| solve s |",
+             "| --- | --: | --: | --: | --: | --: | --: | --: |"]
+    for key in ("uniform", "uniform_above"):
+        u = row[key]
+        lines.append(f"| {key} ({u['w_bits']}-bit) | {u['avg_bits']:.3f} | {fmt(q(u, metric))} | "
+                     f"{fmt(fp - q(u, metric))} | {fmt(q(u, second), 3)} | – | – | – |")
+    r = row["random"]
+    lines.append(f"| random (mean ± sd of {r['solved']}) | {fmt(r['avg_bits'], 3)} | "
+                 f"{fmt(q(r, metric))} ± {fmt(r['std'])} | {fmt(fp - q(r, metric))} | – | – | – | "
+                 f"{fmt(r['solve_s'], 3)} |")
+    for m in methods:
+        e = row[m]
+        info = model["methods"][m]
+        if "quality" not in e:
+            lines.append(f"| {m} | – | {e['status']} | – | – | – | {info['sensitivity_s']:.1f} | – |")
+            continue
+        lines.append(f"| {m} | {e['avg_bits']:.3f} | {fmt(q(e, metric))} | {fmt(fp - q(e, metric))} | "
+                     f"{fmt(q(e, second), 3)} | {e['predicted_omega']:.3g} | {info['sensitivity_s']:.1f} | "
+                     f"{e['solve_s']:.3f} |")
+    return lines
+
+
+def sweep_rows(model: dict, methods: list[str], budgets: list[float]) -> list[str]:
+    metric = model["metric"]
+    lines = ["| allocation | " + " | ".join(f"{b:g} bits" for b in budgets) + " |",
+             "| --- |" + " --: |" * len(budgets)]
+    names = ["uniform", "uniform_above", "random", *methods]
+    for name in names:
+        cells = []
+        for b in budgets:
+            e = model["budgets"][str(b)][name]
+            cell = fmt(q(e, metric))
+            if name.startswith("uniform"):
+                cell += f" ({e['w_bits']}b)"
+            if name == "random" and q(e, metric) is not None:
+                cell += f" ± {fmt(e['std'])}"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def beats_random(row: dict, method: str, metric: str) -> bool:
+    value = q(row[method], metric)
+    return value is not None and value > q(row["random"], metric)
+
+
+def overview_rows(results: dict) -> list[str]:
+    """Per method and model: mean drop of the headline metric over all budgets, and seconds."""
+    models = results["models"]
+    lines = ["| method | " + " | ".join(f"{n}: mean drop | {n}: s" for n in models) + " |",
+             "| --- |" + " --: | --: |" * len(models)]
+    for m in ["random", *results["methods"]]:
+        cells = []
+        for model in models.values():
+            metric = model["metric"]
+            fp = model["full_precision"][metric]
+            drops = [fp - q(model["budgets"][str(b)][m], metric) for b in results["budgets"]
+                     if q(model["budgets"][str(b)][m], metric) is not None]
+            secs = model["methods"][m]["sensitivity_s"] if m in model["methods"] else None
+            cells += [fmt(sum(drops) / len(drops) if drops else None, 3), fmt(secs, 1)]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(results: dict) -> list[str]:
+    methods = results["methods"]
+    lines = []
+    wins = 0
+    for name, model in results["models"].items():
+        metric = model["metric"]
+        fp = model["full_precision"][metric]
+        row = model["budgets"][str(HEADLINE)]
+        best = max(methods, key=lambda m: q(row[m], metric) if q(row[m], metric) is not None else -1e9)
+        best_loss = fp - q(row[best], metric)
+        u_loss = fp - q(row["uniform"], metric)
+        ua_loss = fp - q(row["uniform_above"], metric)
+        ok = best_loss <= 0.5 * u_loss + 1e-9
+        ok_above = best_loss <= 0.5 * ua_loss + 1e-9
+        lines.append(
+            f"- **{name}, best method ≤ half of uniform's loss at {HEADLINE:g} bits**: "
+            f"{'met' if ok else 'missed'} — best `{best}` loses {best_loss:.2f} ({metric}), uniform "
+            f"{row['uniform']['w_bits']}-bit ({row['uniform']['avg_bits']:.2f} avg bits) loses {u_loss:.2f}. "
+            f"Against the next uniform width up ({row['uniform_above']['w_bits']}-bit, "
+            f"{row['uniform_above']['avg_bits']:.2f} avg bits, larger than the budget) it loses "
+            f"{ua_loss:.2f}: "
+            f"{'also met' if ok_above else 'not met'}.")
+        rand = q(row["random"], metric)
+        beat = [m for m in methods if q(row[m], metric) is not None and q(row[m], metric) > rand]
+        lost = [f"`{m}` {fmt(q(row[m], metric))}" for m in methods if m not in beat]
+        all_budgets = sum(beats_random(model["budgets"][str(b)], m, metric)
+                          for b in results["budgets"] for m in methods)
+        lines.append(
+            f"- **{name}, every method beats random at {HEADLINE:g} bits**: "
+            f"{'met' if not lost else 'missed'} — random {fmt(rand)} ± {fmt(row['random']['std'])}"
+            + (f"; not above it: {', '.join(lost)}" if lost else "")
+            + f". Over all {len(results['budgets'])} budgets, {all_budgets} of "
+              f"{len(results['budgets']) * len(methods)} (method, budget) points are above the random mean.")
+        il, h2 = q(row["interlayer"], metric), q(row["hawq_v2"], metric)
+        wins += il >= h2 - 1e-9
+        lines.append(f"- {name}: interlayer {fmt(il)} vs hawq_v2 {fmt(h2)} at {HEADLINE:g} bits.")
+    lines.append(f"- **interlayer at least as good as hawq_v2 on two of three models**: "
+                 f"{'met' if wins >= 2 else 'missed'} ({wins} of {len(results['models'])}).")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    methods, budgets = results["methods"], results["budgets"]
+    first = next(iter(results["models"].values()))
+    seeds = first["budgets"][str(budgets[0])]["random"]["seeds"]
+    out = [
+        "# Allocation quality",
+        "",
+        "Generated by `bench/quality.py` (do not edit by hand; `bench/quality.py --render` rewrites it "
+        "from `bench/results/quality.json`). Method descriptions: [methods.md](methods.md).",
+        "",
+        "**Setup.** Weights quantized asymmetric, group 128 along the input dimension (per output "
+        "channel where the input is smaller), fp16 scale and zero: every average below includes that "
+        "overhead, so 3-bit weights cost 3.16 bits or more and the 3-bit budget cannot hold a uniform "
+        "3-bit model. Candidate widths {2, 3, 4, 5, 6, 8, 16} per layer; budget `avg_bits` only; "
+        "quality measured on held-out data with the fake-quantized model. "
+        "`uniform`: one width for all layers, the largest whose average bits is at most the budget. "
+        "`uniform_above`: the next width up (the smallest uniform model at least the budget; larger "
+        "than the allocations). `random`: Ω_l(b) = u_l·‖ΔW_l(b)‖²/‖W_l‖² with u_l ~ U(0,1), "
+        f"same integer program, {seeds} seeds. "
+        "Each method's table is computed once per model and reused for every budget.",
+        "",
+        f"Run: {results.get('run_seconds', 0) / 60:.1f} min on {results['machine']['platform']} "
+        f"(2 cores shared with other jobs, torch threads {results.get('threads', 1)}).",
+        "",
+    ]
+    for name, model in results["models"].items():
+        params = ", ".join(f"`{m}` {model['methods'][m]['params'] or '{}'}" for m in methods)
+        out += [
+            f"## {name}",
+            "",
+            f"{model['layers']} layers, {model['params']:,} quantizable weights; headline metric "
+            f"`{model['metric']}` (full precision {model['full_precision'][model['metric']]:.2f}). "
+            f"Method settings: {params}.",
+            "",
+            f"### At {HEADLINE:g} average bits",
+            "",
+            *headline_rows(model, methods, HEADLINE),
+            "",
+            f"### {model['metric']} at every budget",
+            "",
+            *sweep_rows(model, methods, budgets),
+            "",
+        ]
+    out += ["## All budgets at a glance", "",
+            "Mean drop of the headline metric (full precision − measured) over the "
+            f"{len(budgets)} budgets, lower is better, and the seconds each table took.", "",
+            *overview_rows(results), "",
+            "## Targets", "", *targets(results), "",
+            "## Recommendation", "", RECOMMENDATION, ""]
+    return "\n".join(out)
+
+
+def panel(ax, model: dict, results: dict, metric: str) -> None:
+    """One metric against average bits: every method, random (mean ± sd), every uniform width."""
+    budgets = results["budgets"]
+    shown = []
+    for m in results["methods"]:
+        pts = [(e["avg_bits"], q(e, metric)) for b in budgets
+               if q(e := model["budgets"][str(b)][m], metric) is not None]
+        ax.plot(*zip(*pts), marker="o", ms=4, lw=1.3, label=m)
+        shown += [y for _, y in pts]
+    rnd = [model["budgets"][str(b)]["random"] for b in budgets]
+    if all(q(r, metric) is not None for r in rnd):
+        sd = [r["std"] if metric == model["metric"] else 0.0 for r in rnd]
+        ax.errorbar([r["avg_bits"] for r in rnd], [q(r, metric) for r in rnd], yerr=sd, color="grey",
+                    ls=":", marker="s", ms=3, capsize=2, label="random (mean ± sd)")
+        shown += [q(r, metric) + d * k for r, d in zip(rnd, sd) for k in (-1, 1)]
+    uni = [(u["avg_bits"], q(u, metric)) for u in model["uniform_curve"]
+           if u["avg_bits"] <= max(budgets) + 1]
+    ax.plot(*zip(*uni), color="black", ls="--", marker="x", label="uniform (every width)")
+    fp = model["full_precision"][metric]
+    ax.axhline(fp, color="black", lw=0.8, alpha=0.5, label="full precision")
+    lo, hi = min(shown + [fp]), max(shown + [fp])
+    pad = 0.15 * (hi - lo) + 1e-3
+    ax.set_ylim(lo - pad, hi + pad)
+    for x, y in uni:
+        off = y < lo - pad or y > hi + pad
+        if off:
+            edge = lo - pad if y < lo - pad else hi + pad
+            ax.annotate(f"uniform {y:.3g}", (x, edge), xytext=(x, edge + (0.4 if y < lo else -0.4) * pad),
+                        ha="center", fontsize=7)
+    ax.set_xlabel("average bits per weight (overhead included)")
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.grid(alpha=0.3)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    fig, axes = plt.subplots(2, len(models), figsize=(5.2 * len(models), 8.2), squeeze=False)
+    for col, (name, model) in enumerate(models.items()):
+        panel(axes[0][col], model, results, model["metric"])
+        axes[0][col].set_title(name)
+        panel(axes[1][col], model, results, SECONDARY[model["metric"]])
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render(results: dict) -> None:
+    RESULTS_MD.write_text(markdown(results))
+    plot(results, PLOT)
