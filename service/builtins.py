@@ -2,4 +2,4 @@
 because the service may not import the registry (it pulls in torch); a test
 holds the two lists equal."""
 
-BUILTIN_MODELS: tuple[str, ...] = ("digits-cnn", "minilm")
+BUILTIN_MODELS: tuple[str, ...] = ("digits-cnn", "digits-vit", "minilm")
