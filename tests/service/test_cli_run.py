@@ -51,7 +51,7 @@ def test_run_prints_table_summary_and_writes_json(tmp_path, capsys, digits_bundl
     [
         (
             ["--model", "resnet9000", "--budget", "avg_bits=4"],
-            "unknown model 'resnet9000'; built-in models: digits-cnn, minilm",
+            "unknown model 'resnet9000'; built-in models: digits-cnn, digits-vit, minilm",
         ),
         (
             ["--model", "digits-cnn", "--budget", "avg_bits=4", "--method", "magic"],
