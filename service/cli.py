@@ -197,7 +197,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitalloc", description="Mixed-precision bit allocation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline locally, no service")
-    run.add_argument("--model", required=True, help="built-in model: digits-cnn, minilm")
+    run.add_argument("--model", required=True, help="built-in model: digits-cnn, digits-vit, minilm")
     run.add_argument("--budget", action="append", required=True,
                      help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms "
                           "(with --latency-table), max_quality_drop (points of the quality metric)")

@@ -54,7 +54,7 @@ def test_unknown_model_or_dataset_names_what_exists(client, auth):
     r = client.post("/v1/jobs", json={**JOB, "model": "resnet9000"}, headers=auth)
     assert r.status_code == 422
     assert "unknown model 'resnet9000'" in r.json()["detail"]
-    assert "digits-cnn, minilm" in r.json()["detail"]
+    assert "digits-cnn, digits-vit, minilm" in r.json()["detail"]
     r = client.post("/v1/jobs", json={**JOB, "dataset": "nope"}, headers=auth)
     assert r.status_code == 422 and "unknown dataset 'nope'" in r.json()["detail"]
 
