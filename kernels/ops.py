@@ -31,7 +31,7 @@ def wq_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zero
               symmetric: bool) -> torch.Tensor:
     """y (M, N) = x (M, K) @ dequant(qweight, scales, zeros)^T + bias, in x's dtype.
     `group_size` is the effective group size min(g, K); layout in `kernels.packed_weight`."""
-    if uses_triton(x):
+    if uses_triton(x) and x.shape[0] > 0:
         if x.shape[0] == 1:
             from kernels.triton_gemv import gemv_forward
 

@@ -3,14 +3,22 @@ CUDA, interpreted on the CPU), and a float64 reference check."""
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+
+# the interpreter worker's module, importable by name here and in the spawned process
+# (which inherits sys.path)
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+import triton_interpreter_worker as worker  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
@@ -39,7 +47,7 @@ def triton_kernels():
     os.environ["TRITON_INTERPRET"] = "1"
     try:
         pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
-        pool.submit(_interpreted, "gemv").result()  # start the worker with the variable set
+        pool.submit(worker.check, "gemv").result()  # start the worker with the variable set
     finally:
         if previous is None:
             del os.environ["TRITON_INTERPRET"]
@@ -47,22 +55,10 @@ def triton_kernels():
             os.environ["TRITON_INTERPRET"] = previous
 
     def remote(kind):
-        return lambda *args: pool.submit(_launch, kind, *args).result()
+        return lambda *args: pool.submit(worker.launch, kind, *args).result()
 
     yield SimpleNamespace(gemv=remote("gemv"), gemm=remote("gemm"), device=torch.device("cpu"))
     pool.shutdown()
-
-
-def _interpreted(kind: str):
-    """In the worker: the launcher of `kind`, checked to be interpreted."""
-    module = importlib.import_module(f"kernels.triton_{kind}")
-    if not module.INTERPRETED:
-        raise RuntimeError("the kernel worker did not start under TRITON_INTERPRET=1")
-    return getattr(module, f"{kind}_forward")
-
-
-def _launch(kind: str, *args):
-    return _interpreted(kind)(*args)
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
