@@ -2,10 +2,10 @@
 
 `apply_allocation(model, {name: QuantConfig})` returns a copy in which every named
 Linear / Conv1d / Conv2d / Embedding with bits < 16 is replaced by its packed module
-(`kernels.modules`) at its own width. Entries with bits = 16 keep the float layer
-unchanged in memory, exactly as `kernels.fake_quant.fake_quantize_model` does; the
-artifact (`kernels.artifact`) stores their weights in 16 bits, as the size accounting
-counts them. The packed model computes the fake-quantized model's function.
+(`kernels.modules`) at its own width. Entries with bits = 16 keep the float layer with
+its weight rounded to 16-bit values, exactly as `kernels.fake_quant.fake_quantize_model`
+does and as the artifact (`kernels.artifact`) stores it: the size accounting counts
+those layers at 16 bits. The packed model computes the fake-quantized model's function.
 """
 
 from __future__ import annotations
