@@ -134,7 +134,8 @@ def test_redis_restarted_mid_job_loses_nothing(stack):
         # celery 5 / kombu on a lost Redis connection can stop the worker ("Unrecoverable
         # error: AttributeError ... 'hostname'" while closing the dead channel); the job
         # itself was recorded above. A supervisor (compose `restart:`) starts it again.
-        assert "Unrecoverable error" in log_tail(stack)
+        logs = "".join(p.read_text(errors="replace") for p in stack["tmp"].glob("worker*/*.log"))
+        assert "Unrecoverable error" in logs
         (stack["tmp"] / "worker3").mkdir()
         stack["worker"] = stack["exits"].enter_context(worker(stack["tmp"] / "worker3",
                                                               stack["env"]))
@@ -181,7 +182,9 @@ def test_fifty_jobs_from_five_tenants_all_finish_with_their_own_results(stack):
     with ThreadPoolExecutor(16) as pool:
         submitted = list(pool.map(submit, range(50)))
     assert len({job["id"] for _, _, job in submitted}) == 50
-    deadline = time.monotonic() + TIMEOUT_S
+    # each job still loads, solves and evaluates (~5-15 s on this shared 2-core box), so
+    # fifty through two worker processes take minutes even with the sensitivity cached
+    deadline = time.monotonic() + 3 * TIMEOUT_S
     clients = {t: httpx.Client(base_url=server.url, headers=h, timeout=30) for t, h in keys.items()}
     try:
         while True:
