@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+UPLOAD_PATHS = ("/v1/models", "/v1/datasets")
+
+
 class _LimitJsonBody:
     """413 for a request body over `max_bytes`, except multipart uploads (they stream
     to disk under their own limit): by Content-Length, or counted as it arrives."""
@@ -96,7 +99,8 @@ class _LimitJsonBody:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+        if scope["path"].rstrip("/") in UPLOAD_PATHS and headers.get(
+                b"content-type", b"").startswith(b"multipart/form-data"):
             return await self.app(scope, receive, send)
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
