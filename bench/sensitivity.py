@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, bench/ comes first on sys.path and bench/kernels.py would shadow
+# the `kernels` package: put the repository root there instead.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 CHOICES = [(2, 16), (3, 16), (4, 16), (8, 16), (16, 16)]
 
 

@@ -158,3 +158,18 @@ def test_embedding_perturbation_covers_only_used_rows():
     result = hutchinson_traces(bundle, ["0"], TraceParams(engine="hvp", tol=0.02, min_probes=16,
                                                           max_probes=4000, block=16))
     assert abs(result.stats["0"].mean - trace) <= 4 * result.stats["0"].stderr
+
+
+def test_hawq_v2_pyhessian_backend_agrees_within_error():
+    bundle = tiny_distill_mlp()
+    layers = _layers(bundle)
+    params = {"tol": 0.05, "min_probes": 16, "max_probes": 400, "block": 16}
+    ours = get_estimator("hawq_v2")(bundle, layers, CHOICES, QuantConfig(4), params, _quiet)
+    theirs = get_estimator("hawq_v2")(bundle, layers, CHOICES, QuantConfig(4),
+                                      {**params, "backend": "pyhessian", "seed": 1}, _quiet)
+    assert theirs.meta["engine"] == "pyhessian"
+    for layer in layers:
+        a, b = ours.layer_stats[layer.name], theirs.layer_stats[layer.name]
+        assert b["rel_error"] <= 0.05 or b["probes"] == 400
+        bound = 4 * math.hypot(a["trace_se"], b["trace_se"]) + 1e-6 * a["trace"]
+        assert abs(a["trace"] - b["trace"]) <= bound
