@@ -111,3 +111,14 @@ def test_bad_param_values_raise(method, params, match):
 def test_unknown_method_lists_methods():
     with pytest.raises(ValueError, match="empirical, fisher, hawq_v1, hawq_v2, interlayer, lrp"):
         get_estimator("hawq_v3")
+
+
+def test_progress_reports_layer_probes_error_and_time_left():
+    bundle = tiny_mlp()
+    reports = []
+    get_estimator("hawq_v2")(bundle, _layers(bundle), CHOICES, QUANT,
+                             {"min_probes": 8, "max_probes": 16, "tol": 0.01}, lambda *a: reports.append(a))
+    stage, fraction, message = reports[0]
+    assert stage == "sensitivity" and 0 <= fraction <= 1
+    assert "probes" in message and "rel. error" in message and "s left" in message
+    assert reports[-1][1] == 1.0
