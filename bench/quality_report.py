@@ -194,9 +194,10 @@ def markdown(results: dict) -> str:
         "from `bench/results/quality.json`). Method descriptions: [methods.md](methods.md).",
         "",
         "**Setup.** Weights quantized asymmetric, group 128 along the input dimension (per output "
-        "channel where the input is smaller), fp16 scale and zero: every average below includes that "
-        "overhead, so 3-bit weights cost 3.16 bits or more and the 3-bit budget cannot hold a uniform "
-        "3-bit model. Candidate widths {2, 3, 4, 5, 6, 8, 16} per layer; budget `avg_bits` only; "
+        "channel where the input is smaller), an fp16 scale and a b-bit zero per group: every average "
+        "below includes that overhead, so 3-bit weights cost 3.15 bits or more and the 3-bit budget "
+        "cannot hold a uniform 3-bit model. Candidate widths {2, 3, 4, 5, 6, 8, 16} per layer; "
+        "budget `avg_bits` only; "
         "quality measured on held-out data with the fake-quantized model. "
         "`uniform`: one width for all layers, the largest whose average bits is at most the budget. "
         "`uniform_above`: the next width up (the smallest uniform model at least the budget; larger "
