@@ -201,7 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", action="append", required=True,
                      help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms "
                           "(with --latency-table), max_quality_drop (points of the quality metric)")
-    run.add_argument("--method", default="hawq_v2", help="sensitivity method (default hawq_v2)")
+    run.add_argument("--method", default="fisher", help="sensitivity method (default fisher)")
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="method parameter, e.g. tol=0.05, max_probes=50")
     run.add_argument("--bits", help="candidate weight widths, e.g. 2,3,4,8,16 (default all)")
