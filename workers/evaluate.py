@@ -59,21 +59,26 @@ def summarize(bundle: ModelBundle, layers: Sequence[LayerInfo], rows: Sequence[L
 
 
 def uniform_points(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo], base: QuantConfig,
-                   kind: str) -> list[UniformPoint]:
-    """Every uniform width, measured: the baseline curve an allocation must beat."""
+                   kind: str, allocation_bytes: float, *, every_width: bool) -> list[UniformPoint]:
+    """The uniform widths an allocation must beat, measured: every width (the
+    baseline curve), or only the nearest size not below the allocation's."""
     fixed = fixed_bytes(bundle.model, layers)
     total_params = sum(layer.params for layer in layers)
     points = []
     for bits in UNIFORM_WIDTHS:
         costs = [choice_costs(layer, (bits, A_BITS), base, spec.latency_table) for layer in layers]
         size = sum(c["size_bytes"] for c in costs)
-        avg = 8 * size / total_params
-        cost = {"avg_bits": avg, "size_bytes": size + fixed,
+        nearest = size + fixed >= allocation_bytes - 1e-9 or bits == UNIFORM_WIDTHS[-1]
+        if not (every_width or nearest):
+            continue
+        cost = {"avg_bits": 8 * size / total_params, "size_bytes": size + fixed,
                 "bops": sum(c["bops"] for c in costs),
                 "latency_ms": sum(c.get("latency_ms", 0.0) for c in costs) + spec.fixed_latency_ms}[kind]
         quality = measure(bundle, {layer.name: (bits, A_BITS) for layer in layers}, base)
-        points.append(UniformPoint(w_bits=bits, cost=cost, avg_bits=avg, size_bytes=size + fixed,
-                                   quality=quality))
+        points.append(UniformPoint(w_bits=bits, cost=cost, avg_bits=8 * size / total_params,
+                                   size_bytes=size + fixed, quality=quality))
+        if nearest and not every_width:
+            break
     return points
 
 

@@ -104,7 +104,8 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     chosen = dict(allocation.choices)
     rows = layer_rows(spec, layers, chosen, table, base)
     summary = summarize(bundle, layers, rows)
-    uniform = uniform_points(spec, bundle, layers, base, kind)
+    uniform = uniform_points(spec, bundle, layers, base, kind, summary.size_bytes,
+                             every_width=spec.pareto_points > 0)
     nearest = nearest_uniform_not_below(uniform, summary.size_bytes)
     quality = Quality(
         metric=bundle.quality_metric, full_precision=full_precision,

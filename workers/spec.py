@@ -69,7 +69,7 @@ class JobSpec(_Strict):
     # (min defaults to half the max), after at most quality_evals evaluations
     min_quality_drop: float | None = Field(None, ge=0)
     quality_evals: int = Field(8, ge=1, le=32)
-    pareto_points: int = Field(16, ge=0, le=128)  # 0: no frontier
+    pareto_points: int = Field(16, ge=0, le=128)  # 0: no frontier, no uniform curve
 
     @field_validator("budgets")
     @classmethod
@@ -196,7 +196,7 @@ class JobResult(BaseModel):
     quality: Quality
     frontier_kind: str  # the budget the Pareto sweep varies
     pareto: list[FrontierPoint]  # cost vs Σ Ω, cheapest first, the chosen point marked
-    uniform_points: list[UniformPoint]  # measured quality of every uniform width
+    uniform_points: list[UniformPoint]  # measured uniform widths (all, or the nearest without pareto)
     quality_search: QualitySearch | None = None  # the max_quality_drop bisection
     sensitivity: dict[str, Any]  # estimator metadata: method, params, HVPs, seconds
     timings: dict[str, float]  # seconds per stage
