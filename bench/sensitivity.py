@@ -84,9 +84,9 @@ def worker(spec: dict) -> dict:
     bundle = load_model(spec["model"])
     layers = [layer for layer in discover_layers(bundle) if layer.used]
     total_layers = len(layers)
-    if spec.get("subset"):
-        step = max(1, len(layers) // spec["subset"])
-        layers = layers[::step][: spec["subset"]]
+    if spec.get("subset"):  # evenly spread, first and last included
+        n = min(spec["subset"], len(layers))
+        layers = [layers[round(k * (len(layers) - 1) / max(n - 1, 1))] for k in range(n)]
     rss0 = _rss_mb()
     start = time.perf_counter()
     out: dict = {"layers": [layer.name for layer in layers], "total_layers": total_layers}
@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared 2-core box, more threads only wait)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sensitivity.json"))
+    ap.add_argument("--only", nargs="+", help="run only the methods whose label starts with one of these, "
+                    "merging them into an existing results file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -149,20 +151,25 @@ def main() -> None:
         return
     import torch
 
+    out = Path(args.out)
     results = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
                            "threads": args.threads, "load_avg_start": os.getloadavg()},
                "tol": args.tol, "models": {}}
+    if args.only and out.exists():
+        results = json.loads(out.read_text())
     for model in args.models:
-        rows = {}
+        rows = results["models"].get(model, {})
         for spec in _runs(model, args.tol, args.subset):
+            if args.only and not spec["label"].startswith(tuple(args.only)):
+                continue
             spec = {**spec, "model": model, "threads": args.threads}
             print(f"[{model}] {spec['label']} ...", file=sys.stderr, flush=True)
             rows[spec["label"]] = {**spec, **_run_subprocess(spec, args.timeout)}
         _ratios(rows)
         results["models"][model] = rows
     results["machine"]["load_avg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=float))
     _print(results)
 
 
@@ -194,6 +201,8 @@ def _print(results: dict) -> None:
                 print(f"{model:<11}{label:<34} ERROR {r['error']}")
                 continue
             secs = r.get("seconds_total_est", r["seconds"])
+            if r.get("extrapolated"):
+                label = f"{label[:-len(' (subset)')]} (est. all layers)"
             err = r.get("max_rel_error")
             passes = r.get("hvps") or r.get("forward_passes") or 0
             share = r.get("share_of_baseline")
