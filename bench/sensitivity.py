@@ -47,8 +47,8 @@ def _runs(model: str, tol: float, subset: int) -> list[dict]:
     trace = {"tol": tol, "min_probes": 8, "max_probes": 200}
     heavy = model == "minilm"
     runs = [
-        {"label": "hawq_v2", "method": "hawq_v2", "params": {**trace, "block": 8}},
-        {"label": "fisher", "method": "fisher", "params": {**trace, "block": 8}},
+        {"label": "hawq_v2", "method": "hawq_v2", "params": {**trace}},
+        {"label": "fisher", "method": "fisher", "params": {**trace}},
         {"label": "hawq_v1", "method": "hawq_v1",
          "params": {"tol": 1e-2, "max_iter": 30} if heavy else {"tol": 1e-3, "max_iter": 100}},
         {"label": "empirical", "method": "empirical", "params": {}},
@@ -64,7 +64,7 @@ def _runs(model: str, tol: float, subset: int) -> list[dict]:
     else:
         for engine in ("hvp", "jvp"):
             runs.append({"label": f"hawq_v2 engine={engine} (subset)", "method": "hawq_v2",
-                         "subset": subset, "params": {**trace, "engine": engine, "block": 8}})
+                         "subset": subset, "params": {**trace, "engine": engine}})
     runs.append({"label": "PyHessian per-layer loop" + (" (subset)" if heavy else ""),
                  "method": "pyhessian_loop", "subset": subset if heavy else 0,
                  "params": {**trace, "block": 8}})
@@ -112,7 +112,7 @@ def worker(spec: dict) -> dict:
             hvps=meta.get("hvps", meta.get("backward_passes")),
             forward_passes=meta.get("forward_passes", meta.get("pair_forward_passes")),
             pair_hvps=meta.get("pair_hvps"), engine=meta.get("engine"),
-            max_rel_error=meta.get("max_rel_error"),
+            max_rel_error=meta.get("max_rel_error"), trace_seconds=meta.get("trace_seconds"),
             per_layer={n: s for n, s in table.layer_stats.items()},
         )
     out["seconds"] = time.perf_counter() - start
@@ -189,11 +189,13 @@ def _ratios(rows: dict) -> None:
         else:
             r["share_of_baseline"] = r["seconds"] / base["seconds_total_est"]
         r["memory_ratio"] = r["peak_rss_mb"] / base["peak_rss_mb"]
+        if r.get("trace_seconds") is not None and not r.get("subset"):
+            r["trace_share_of_baseline"] = r["trace_seconds"] / base["seconds_total_est"]
 
 
 def _print(results: dict) -> None:
     head = f"{'model':<11}{'method':<34}{'seconds':>9}{'passes':>8}{'max rel.err':>12}" \
-           f"{'peak MB':>9}{'x base time':>12}{'x base mem':>11}"
+           f"{'peak MB':>9}{'x base time':>12}{'x base trace':>13}{'x base mem':>11}"
     print(head)
     for model, rows in results["models"].items():
         for label, r in rows.items():
@@ -207,9 +209,11 @@ def _print(results: dict) -> None:
             passes = r.get("hvps") or r.get("forward_passes") or 0
             share = r.get("share_of_baseline")
             mem = r.get("memory_ratio")
+            tshare = r.get("trace_share_of_baseline")
             print(f"{model:<11}{label:<34}{secs:>9.1f}{passes:>8}"
                   f"{(f'{err:.1%}' if err is not None else '-'):>12}{r['peak_rss_mb']:>9.0f}"
                   f"{(f'{share:.3f}' if share is not None else '-'):>12}"
+                  f"{(f'{tshare:.3f}' if tshare is not None else '-'):>13}"
                   f"{(f'{mem:.2f}' if mem is not None else '-'):>11}")
 
 

@@ -54,7 +54,7 @@ def layer_traces(bundle: ModelBundle, names: Sequence[str], trace: TraceParams, 
     stats = {}
     for k, name in enumerate(names):
         stats[name] = pyhessian_layer_trace_to_tol(bundle, name, trace.tol, trace.min_probes,
-                                                   trace.max_probes, trace.block, trace.seed)
+                                                   trace.max_probes, trace.block or 8, trace.seed)
         progress("sensitivity", (k + 1) / len(names),
                  f"PyHessian trace {name}: {stats[name].n} probes, "
                  f"rel. error {stats[name].rel_error:.1%}")
