@@ -96,7 +96,7 @@ def test_unknown_params_list_the_accepted_ones(method, accepted):
 @pytest.mark.parametrize("method, params, match", [
     ("hawq_v2", {"tol": 2}, "tol"),
     ("hawq_v2", {"mode": "shared", "backend": "pyhessian"}, "exact"),
-    ("hawq_v2", {"block": 0}, "block"),
+    ("hawq_v2", {"block": -1}, "block"),
     ("hawq_v1", {"max_iter": 1}, "max_iter"),
     ("interlayer", {"window": 0}, "window"),
     ("interlayer", {"pairs": "both"}, "pairs"),
