@@ -4,19 +4,16 @@ use on scikit-learn's bundled 8×8 digits with a fixed seed and cached on disk."
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load_file, save
 from torch import nn
 
 from sensitivity.bundle import ModelBundle
-from sensitivity.data.digits import DigitsSplit, load_digits_split
+from sensitivity.data.digits import DigitsSplit
 from sensitivity.losses import task_loss
-from sensitivity.output_loss import CrossEntropyOutput
-from sensitivity.paths import atomic_write_bytes, cache_dir
+from sensitivity.models.digits_common import digits_bundle
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
 EPOCHS = 40
-CALIBRATION_SAMPLES = 256
 
 
 class ResidualBlock(nn.Module):
@@ -77,52 +74,9 @@ def _train(data: DigitsSplit) -> DigitsCNN:
     return model.eval()
 
 
-def _trained_model(data: DigitsSplit) -> DigitsCNN:
-    path = cache_dir("models") / f"digits-cnn-v{VERSION}.safetensors"
-    if path.exists():
-        model = DigitsCNN()
-        model.load_state_dict(load_file(path))
-        return model.eval()
-    model = _train(data)
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    return model
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean()) * 100
-
-
 def load() -> ModelBundle:
-    data = load_digits_split()
-    model = _trained_model(data)
-    calib = {"x": data.x_train[:CALIBRATION_SAMPLES], "y": data.y_train[:CALIBRATION_SAMPLES]}
-
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        with torch.no_grad():
-            logits = m(data.x_test)
-        return {
-            "accuracy": float((logits.argmax(-1) == data.y_test).float().mean()) * 100,
-            "test_loss": float(task_loss(logits, data.y_test)),
-        }
-
-    output_loss = CrossEntropyOutput(label_key="y")
-
-    def output(m: nn.Module, b) -> torch.Tensor:
-        return m(b["x"])
-
-    return ModelBundle(
-        name="digits-cnn",
-        model=model,
-        calibration=[calib],
-        forward=output,
-        loss=lambda m, b: output_loss(output(m, b), b),
-        output=output,
-        output_loss=output_loss,
-        inputs=lambda b: (b["x"],),
-        evaluate=evaluate,
-        quality_metric="accuracy",
+    return digits_bundle(
+        "digits-cnn", VERSION, DigitsCNN, _train,
         description="small residual CNN on scikit-learn digits (8x8), task loss",
         tied_groups=[["block.conv_b", "block.downsample.0"]],
-        info={"test_accuracy": accuracy(model, data.x_test, data.y_test)},
     )

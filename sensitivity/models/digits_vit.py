@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save
 from torch import nn
 
 from sensitivity.bundle import ModelBundle
-from sensitivity.data.digits import DigitsSplit, load_digits_split
+from sensitivity.data.digits import DigitsSplit
 from sensitivity.losses import task_loss
-from sensitivity.output_loss import CrossEntropyOutput
-from sensitivity.paths import atomic_write_bytes, cache_dir
+from sensitivity.models.digits_common import digits_bundle
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
 EPOCHS = 40
-CALIBRATION_SAMPLES = 256
 PATCH = 2
 DIM = 64
 HEADS = 4
@@ -115,52 +112,9 @@ def _train_loop(data: DigitsSplit) -> DigitsViT:
     return model.eval()
 
 
-def _trained_model(data: DigitsSplit) -> DigitsViT:
-    path = cache_dir("models") / f"digits-vit-v{VERSION}.safetensors"
-    if path.exists():
-        model = DigitsViT()
-        model.load_state_dict(load_file(path))
-        return model.eval()
-    model = _train(data)
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-    return model
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(-1) == y).float().mean()) * 100
-
-
 def load() -> ModelBundle:
-    data = load_digits_split()
-    model = _trained_model(data)
-    calib = {"x": data.x_train[:CALIBRATION_SAMPLES], "y": data.y_train[:CALIBRATION_SAMPLES]}
-
-    def evaluate(m: nn.Module) -> dict[str, float]:
-        with torch.no_grad():
-            logits = m(data.x_test)
-        return {
-            "accuracy": float((logits.argmax(-1) == data.y_test).float().mean()) * 100,
-            "test_loss": float(task_loss(logits, data.y_test)),
-        }
-
-    output_loss = CrossEntropyOutput(label_key="y")
-
-    def output(m: nn.Module, b) -> torch.Tensor:
-        return m(b["x"])
-
-    return ModelBundle(
-        name="digits-vit",
-        model=model,
-        calibration=[calib],
-        forward=output,
-        loss=lambda m, b: output_loss(output(m, b), b),
-        output=output,
-        output_loss=output_loss,
-        inputs=lambda b: (b["x"],),
-        evaluate=evaluate,
-        quality_metric="accuracy",
+    return digits_bundle(
+        "digits-vit", VERSION, DigitsViT, _train,
         description="small vision transformer (2x2 patches, dim 64, 2 blocks, 4 heads) on "
                     "scikit-learn digits (8x8), task loss",
-        info={"test_accuracy": accuracy(model, data.x_test, data.y_test)},
     )

@@ -1,0 +1,74 @@
+"""What the digits models share: training once with a fixed seed and caching the
+weights, and the bundle (calibration batch, task loss, accuracy on the test split)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from safetensors.torch import load_file, save
+from torch import nn
+
+from sensitivity.bundle import ModelBundle
+from sensitivity.data.digits import DigitsSplit, load_digits_split
+from sensitivity.losses import task_loss
+from sensitivity.output_loss import CrossEntropyOutput
+from sensitivity.paths import atomic_write_bytes, cache_dir
+
+CALIBRATION_SAMPLES = 256
+
+
+def cached_model(name: str, version: int, build: Callable[[], nn.Module],
+                 train: Callable[[DigitsSplit], nn.Module], data: DigitsSplit) -> nn.Module:
+    """The trained model from the cache, training and caching it on first use."""
+    path = cache_dir("models") / f"{name}-v{version}.safetensors"
+    if path.exists():
+        model = build()
+        model.load_state_dict(load_file(path))
+        return model.eval()
+    model = train(data).eval()
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    return model
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(-1) == y).float().mean()) * 100
+
+
+def digits_bundle(name: str, version: int, build: Callable[[], nn.Module],
+                  train: Callable[[DigitsSplit], nn.Module], description: str,
+                  tied_groups: Sequence[Sequence[str]] = ()) -> ModelBundle:
+    """A digits classifier as a bundle: task loss on a calibration slice of the
+    training split, accuracy and loss on the test split."""
+    data = load_digits_split()
+    model = cached_model(name, version, build, train, data)
+    calib = {"x": data.x_train[:CALIBRATION_SAMPLES], "y": data.y_train[:CALIBRATION_SAMPLES]}
+    output_loss = CrossEntropyOutput(label_key="y")
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            logits = m(data.x_test)
+        return {
+            "accuracy": float((logits.argmax(-1) == data.y_test).float().mean()) * 100,
+            "test_loss": float(task_loss(logits, data.y_test)),
+        }
+
+    def output(m: nn.Module, b) -> torch.Tensor:
+        return m(b["x"])
+
+    return ModelBundle(
+        name=name,
+        model=model,
+        calibration=[calib],
+        forward=output,
+        loss=lambda m, b: output_loss(output(m, b), b),
+        output=output,
+        output_loss=output_loss,
+        inputs=lambda b: (b["x"],),
+        evaluate=evaluate,
+        quality_metric="accuracy",
+        description=description,
+        tied_groups=tied_groups,
+        info={"test_accuracy": accuracy(model, data.x_test, data.y_test)},
+    )
