@@ -150,7 +150,9 @@ def test_postgres_second_budget_reuses_cached_sensitivity(pg_server, pg_first_jo
     assert second["status"] == "succeeded", second["error"]
     cache = second["timings"]["sensitivity_cache"]
     assert any(v is True or v == "hit" for v in cache.values()), cache
-    assert second["timings"]["stages"]["sensitivity"] < done["timings"]["stages"]["sensitivity"]
+    first_hit = any(v is True or v == "hit" for v in done["timings"]["sensitivity_cache"].values())
+    if not first_hit:  # an earlier test may already have cached this table for the first job
+        assert second["timings"]["stages"]["sensitivity"] < done["timings"]["stages"]["sensitivity"]
     check_result(api.get(f"/v1/jobs/{job['id']}/result").json(), 5)
 
 
