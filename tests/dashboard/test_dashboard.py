@@ -69,6 +69,9 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
     # for tens of seconds even on an idle machine, with layers converging one by one
     params = {**CHEAP_JOB["method_params"], "max_probes": 200,
               "tol": round(0.03 + random.random() * 1e-4, 9)}
+    method = one(browser, "#method")
+    method.clear()
+    method.send_keys(CHEAP_JOB["method"])
     box = one(browser, "#method-params")
     box.clear()
     box.send_keys(json.dumps(params))
@@ -77,7 +80,8 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
     until(browser, lambda: "#/jobs/" in browser.current_url)
     job_id = browser.current_url.rsplit("/", 1)[1]
     spec = server.client().get(f"/v1/jobs/{job_id}").json()["spec"]
-    assert spec["method_params"] == params and spec["budgets"] == {"avg_bits": 4}
+    assert spec["method"] == CHEAP_JOB["method"] and spec["method_params"] == params
+    assert spec["budgets"] == {"avg_bits": 4}
 
     # polling backs off while the tab is hidden and catches up when it returns
     one(browser, "#job-progress")
