@@ -69,7 +69,7 @@ METHODS = tuple(METHOD_PARAMS)
 # extra entries, label -> (method, params): interlayer with measured pair terms, where
 # L(i, j) for every pair and width pair is affordable (not on minilm)
 VARIANTS = {
-    "interlayer_measured": ("interlayer", {**TRACE, "window": 2, "pairs": "measured"}),
+    "interlayer_measured": ("interlayer", {"window": 2, "pairs": "measured"}),
 }
 VARIANT_MODELS = ("digits-cnn", "digits-vit")
 

@@ -58,7 +58,7 @@ def _runs(model: str, tol: float, subset: int) -> list[dict]:
     ]
     if not heavy:
         runs.append({"label": "interlayer (measured pairs)", "method": "interlayer",
-                     "params": {**trace, "block": 8, "window": 2, "pairs": "measured"}})
+                     "params": {"window": 2, "pairs": "measured"}})
         runs.append({"label": "hawq_v2 shared", "method": "hawq_v2",
                      "params": {**trace, "mode": "shared", "block": 8}})
     else:

@@ -5,11 +5,18 @@ layer order):
 - `pairs="hessian"`: P_ij(b_i, b_j) = ΔW_i(b_i)ᵀ H_ij ΔW_j(b_j), exact, from one
   Hessian-vector product with ΔW_j(b_j) per layer j and quantized choice (the
   second-order loss change of quantizing both is Ω_i + Ω_j + P_ij);
-- `pairs="measured"`: G_ij = L(i, j) − L(i) − L(j) + L(∅) on calibration data.
+- `pairs="measured"`: G_ij = L(i, j) − L(i) − L(j) + L(∅) on calibration data, and
+  then the per-layer terms are measured too, Ω_l(b) = L(l) − L(∅) (as `empirical`),
+  so that Ω_i + Ω_j + G_ij = L(i, j) − L(∅) exactly. Measured interactions beside
+  second-order Ω are in different units: at low widths the measured loss saturates,
+  G_ij is large and negative while the second-order Ω stay small, and the solver
+  drove pairs of layers to 2 bits for a negative objective (digits-cnn at 3 bits:
+  85 % accuracy against 98.9 % with measured Ω).
 
 Pairs go to `table.pairs[(a, b)] = {(choice_a, choice_b): value}` with a before b
 (every choice pair; a 16-bit choice is its fp16 storage rounding, tiny).
-Params: window (default 2), pairs (default "hessian"), and every `hawq_v2` parameter.
+Params: window (default 2), pairs (default "hessian"), and with Hessian pairs every
+`hawq_v2` parameter (measured pairs take none: nothing is estimated).
 """
 
 from __future__ import annotations
@@ -51,6 +58,17 @@ def estimate(
     check_positive_int("window", window)
     if mode not in PAIR_MODES:
         raise ValueError(f"interlayer: pairs must be one of {PAIR_MODES}, got {mode!r}")
+    names = [layer.name for layer in layers]
+    if mode == "measured":
+        if rest:
+            raise ValueError(f"interlayer: with pairs='measured' every term is measured, so "
+                             f"{', '.join(sorted(rest))} do not apply; accepted: window, pairs")
+        omega, pairs, base, count = measured_terms(bundle, names, choices, quant, window, progress)
+        seconds = time.perf_counter() - start
+        return SensitivityTable(
+            method="interlayer", omega=omega, layer_stats={}, pairs=pairs,
+            meta={"params": {"window": window, "pairs": mode}, "fp_loss": base,
+                  "pair_forward_passes": count, "pair_seconds": seconds, "seconds": seconds})
     try:
         trace, backend = hawq_v2.parse_params(rest, "interlayer")
     except ValueError as exc:
@@ -62,14 +80,9 @@ def estimate(
     else:
         table = hawq_v2.trace_table("interlayer", bundle, layers, choices, quant, trace, backend, progress)
         ckpt.save({"kind": "interlayer", "table": table.to_json()}, force=True)
-    names = [layer.name for layer in layers]
     pairs_t0 = time.perf_counter()
-    if mode == "hessian":
-        table.pairs, count = hessian_pairs(bundle, names, choices, quant, window, progress)
-        table.meta["pair_hvps"] = count
-    else:
-        table.pairs, count = measured_pairs(bundle, names, choices, quant, window, progress)
-        table.meta["pair_forward_passes"] = count
+    table.pairs, table.meta["pair_hvps"] = hessian_pairs(bundle, names, choices, quant, window,
+                                                         progress)
     table.meta["params"].update({"window": window, "pairs": mode})
     table.meta["pair_seconds"] = time.perf_counter() - pairs_t0
     table.meta["seconds"] = time.perf_counter() - start
@@ -108,8 +121,9 @@ def hessian_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[C
 
 
 @torch.no_grad()
-def measured_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[Choice],
-                   quant: QuantConfig, window: int, progress: Progress) -> tuple[Pairs, int]:
+def measured_terms(bundle: ModelBundle, names: Sequence[str], choices: Sequence[Choice],
+                   quant: QuantConfig, window: int, progress: Progress):
+    """(Ω, pairs, full-precision loss, forward passes), all measured."""
     qw = QuantizedWeights(bundle.model, quant)
     quantized = list(choices)
     base = calibration_loss(bundle)
@@ -127,4 +141,5 @@ def measured_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[
                 forwards += 1
         pairs[(a, b)] = vals
         progress("sensitivity", (k + 1) / len(todo), f"measured pair {a} × {b}")
-    return pairs, forwards * len(bundle.calibration)
+    omega = {n: {c: single[(n, c)] - base for c in quantized} for n in names}
+    return omega, pairs, base, forwards * len(bundle.calibration)

@@ -72,7 +72,7 @@ def test_interlayer_measured_pairs_equal_direct_evaluation():
     names = [layer.name for layer in layers]
     quant = QuantConfig(4, group_size=4)
     table = get_estimator("interlayer")(bundle, layers, CHOICES, quant,
-                                        {"window": 2, "pairs": "measured", "max_probes": 8}, _quiet)
+                                        {"window": 2, "pairs": "measured"}, _quiet)
     assert len(table.pairs) == 3  # (0,2), (0,4), (2,4)
     base = _loss(bundle, bundle.model)
 
@@ -84,3 +84,9 @@ def test_interlayer_measured_pairs_equal_direct_evaluation():
     for ca, cb in [((2, 16), (4, 16)), ((4, 16), (2, 16))]:
         ref = loss_at({a: ca[0], b: cb[0]}) - loss_at({a: ca[0]}) - loss_at({b: cb[0]}) + base
         assert table.pairs[(a, b)][(ca, cb)] == pytest.approx(ref, abs=1e-7)
+        # per-layer terms are measured too: Ω_a + Ω_b + G_ab is the loss change of both
+        both = table.omega[a][ca] + table.omega[b][cb] + table.pairs[(a, b)][(ca, cb)]
+        assert both == pytest.approx(loss_at({a: ca[0], b: cb[0]}) - base, abs=1e-7)
+    with pytest.raises(ValueError, match="max_probes do not apply"):
+        get_estimator("interlayer")(bundle, layers, CHOICES, quant,
+                                    {"pairs": "measured", "max_probes": 8}, _quiet)
