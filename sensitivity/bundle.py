@@ -44,6 +44,9 @@ class ModelBundle:
     output: Callable[[nn.Module, Batch], torch.Tensor] | None = None
     output_loss: OutputLoss | None = None
     inputs: Callable[[Batch], tuple[torch.Tensor, ...]] | None = None
+    # what defines the function besides weights and calibration data (e.g. an
+    # uploaded model's config.json): part of the sensitivity cache key when set
+    cache_salt: str = ""
 
     def batch_size(self, batch: Batch) -> int:
         return int(next(iter(batch.values())).shape[0])

@@ -2,7 +2,8 @@
 
 A table's key is a SHA-256 over everything that determines it: the model's
 weights (every state_dict tensor), the calibration data, the method and its
-parameters, the quantizer config, the candidate choices and the layers, plus
+parameters, the quantizer config, the candidate choices and the layers, the
+bundle's `cache_salt` (an uploaded model's config) when it has one, plus
 `FORMAT` (bumped when an estimator's numbers change). Layout under
 `sensitivity.paths.cache_dir("tables")`:
 
@@ -45,6 +46,8 @@ def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], cho
     h = hashlib.sha256()
     header = {"format": FORMAT, "method": method, "params": params, "quant": asdict(quant),
               "choices": sorted([list(c) for c in choices]), "layers": [layer.name for layer in layers]}
+    if bundle.cache_salt:  # only when set, so the built-in models keep their keys
+        header["salt"] = bundle.cache_salt
     h.update(json.dumps(header, sort_keys=True, default=str).encode())
     for name, t in sorted(bundle.model.state_dict().items()):
         _update_tensor(h, f"w:{name}", t)

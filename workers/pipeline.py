@@ -14,8 +14,9 @@ from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
 from sensitivity.estimators import get_estimator
 from sensitivity.layers import discover_layers
-from sensitivity.models import load_model
+from sensitivity.models.uploaded import load_bundle
 from sensitivity.progress import Progress, no_progress
+from sensitivity.sources import DataSource, ModelSource
 from solver import Allocation, Problem, bisect_quality, pareto, solve
 from workers.evaluate import (
     layer_rows,
@@ -42,8 +43,13 @@ FRONTIER_ORDER = ("avg_bits", "size_bytes", "bops", "latency_ms")
 
 
 def run_job(spec: JobSpec, progress: Progress = no_progress,
-            artifact_dir: str | os.PathLike | None = None) -> JobResult:
-    """Run the job; with `artifact_dir`, also write the packed model there."""
+            artifact_dir: str | os.PathLike | None = None, *,
+            model_source: ModelSource | None = None,
+            data_source: DataSource | None = None) -> JobResult:
+    """Run the job; with `artifact_dir`, also write the packed model there.
+
+    `model_source` / `data_source`: the uploaded model (then `spec.model` is its
+    name) and calibration data, when the job names uploads."""
     timings: dict[str, float] = {}
 
     def stage(name: str):
@@ -59,7 +65,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     except ValueError as exc:
         raise JobError(str(exc)) from None
     stage("load")
-    bundle = load_model(spec.model)
+    bundle = load_bundle(spec.model, model_source, data_source)
     done("load")
 
     stage("layers")

@@ -23,6 +23,7 @@ import redis.exceptions
 import sqlalchemy.exc
 from celery.exceptions import SoftTimeLimitExceeded
 
+from sensitivity.sources import DataSource, ModelSource
 from service import crud, storage
 from service.config import Settings
 from service.db.models import Dataset, Job, StoredModel, utcnow
@@ -172,8 +173,8 @@ class JobRunner:
         started = time.perf_counter()
         try:
             spec = JobSpec.model_validate(job.spec)
-            self._check_uploads(job, spec)
-            result = self._pipeline(spec, writer)
+            uploads = self._uploads(job, spec)
+            result = self._pipeline(spec, writer, *uploads)
             payload = result.model_dump(mode="json")
             self._record_sensitivity(job, spec, payload)
             artifact, note = self._artifact()
@@ -196,26 +197,48 @@ class JobRunner:
         return self._end("succeeded", "done" + note, None, started, result=payload,
                          timings=self._timings(job, started, payload), artifact=artifact)
 
-    def _pipeline(self, spec: JobSpec, writer: ProgressWriter):
+    def _pipeline(self, spec: JobSpec, writer: ProgressWriter, model: ModelSource | None,
+                  data: DataSource | None):
         from workers.pipeline import run_job
 
         writer.check()
         folder = storage.job_dir(self.settings, self.job_id) / "artifact"
         folder.mkdir(parents=True, exist_ok=True)
-        return run_job(spec, writer, artifact_dir=folder)
+        return run_job(spec, writer, artifact_dir=folder, model_source=model, data_source=data)
 
-    def _check_uploads(self, job: Job, spec: JobSpec) -> None:
+    def _uploads(self, job: Job, spec: JobSpec) -> tuple[ModelSource | None, DataSource | None]:
+        """The job's uploaded model and dataset as files on disk (torch-free, so a
+        missing upload fails the job before the pipeline is loaded)."""
         with self.sessions() as session:
             model = crud.load_upload(session, StoredModel, job.model_id)
             dataset = crud.load_upload(session, Dataset, job.dataset_id)
-        if model is not None:
-            raise NotRunnable(
-                f"model {spec.model!r} is an uploaded {model.kind} model ({model.architecture}); "
-                "this worker has no loader for uploaded models yet, only for the built-in ones")
-        if dataset is not None:
-            raise NotRunnable(
-                f"dataset {dataset.name!r} is stored, but this worker cannot feed uploaded "
-                "calibration data to the pipeline yet; built-in models bring their own")
+            model_source = None if model is None else self._model_source(model)
+            data_source = None if dataset is None else self._data_source(dataset)
+        if job.model_id is not None and model is None:
+            raise NotRunnable(f"model {spec.model!r} was deleted after the job was submitted")
+        if job.dataset_id is not None and dataset is None:
+            raise NotRunnable("the job's calibration dataset was deleted after it was submitted")
+        return model_source, data_source
+
+    def _model_source(self, model: StoredModel) -> ModelSource:
+        folder = storage.absolute(self.settings, model.path)
+        if model.kind == "hf":
+            path = folder / (model.manifest or {}).get("root", "")
+            if not (path / "config.json").is_file():
+                raise NotRunnable(f"model {model.name!r}: its stored files are missing "
+                                  f"({storage.relative(self.settings, path)}/config.json)")
+        else:
+            path = folder / "model.safetensors"
+            if not path.is_file():
+                raise NotRunnable(f"model {model.name!r}: its stored weights are missing")
+        return ModelSource(name=model.name, kind=model.kind, architecture=model.architecture,
+                           path=path)
+
+    def _data_source(self, dataset: Dataset) -> DataSource:
+        path = storage.absolute(self.settings, dataset.path)
+        if not path.is_file():
+            raise NotRunnable(f"dataset {dataset.name!r}: its stored file is missing")
+        return DataSource(name=dataset.name, format=dataset.format, path=path)
 
     def _end(self, status: str, message: str, error: str | None, started: float, *,
              result: dict[str, Any] | None = None, timings: dict[str, Any] | None = None,

@@ -74,9 +74,11 @@ def _train(data: DigitsSplit) -> DigitsCNN:
     return model.eval()
 
 
-def load() -> ModelBundle:
+def load(**uploaded) -> ModelBundle:
+    """The trained model; `uploaded` (weights, calibration, info) as in `digits_bundle`."""
     return digits_bundle(
         "digits-cnn", VERSION, DigitsCNN, _train,
         description="small residual CNN on scikit-learn digits (8x8), task loss",
         tied_groups=[["block.conv_b", "block.downsample.0"]],
+        **uploaded,
     )

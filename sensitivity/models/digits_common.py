@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from sensitivity.bundle import ModelBundle
+from sensitivity.bundle import Batch, ModelBundle
 from sensitivity.data.digits import DigitsSplit, load_digits_split
 from sensitivity.losses import task_loss
-from sensitivity.output_loss import CrossEntropyOutput
+from sensitivity.models.weights import load_strict
+from sensitivity.output_loss import CrossEntropyOutput, DistillationKLOutput
 from sensitivity.paths import atomic_write_bytes, cache_dir
 
 CALIBRATION_SAMPLES = 256
@@ -38,13 +39,31 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def digits_bundle(name: str, version: int, build: Callable[[], nn.Module],
                   train: Callable[[DigitsSplit], nn.Module], description: str,
-                  tied_groups: Sequence[Sequence[str]] = ()) -> ModelBundle:
+                  tied_groups: Sequence[Sequence[str]] = (), *,
+                  weights: dict[str, torch.Tensor] | None = None,
+                  calibration: Sequence[Batch] | None = None,
+                  info: dict[str, float | str] | None = None) -> ModelBundle:
     """A digits classifier as a bundle: task loss on a calibration slice of the
-    training split, accuracy and loss on the test split."""
+    training split, accuracy and loss on the test split.
+
+    With `weights` the architecture gets those (loaded strictly) instead of the
+    trained cached ones; with `calibration` (batches of images `x` (n, 1, 8, 8),
+    with labels `y` or without) those batches calibrate instead: with labels the
+    task loss, without a self-distillation KL against the model's own logits."""
     data = load_digits_split()
-    model = cached_model(name, version, build, train, data)
-    calib = {"x": data.x_train[:CALIBRATION_SAMPLES], "y": data.y_train[:CALIBRATION_SAMPLES]}
-    output_loss = CrossEntropyOutput(label_key="y")
+    if weights is None:
+        model = cached_model(name, version, build, train, data)
+    else:
+        model = load_strict(build(), weights, name)
+    if calibration is None:
+        calibration = [{"x": data.x_train[:CALIBRATION_SAMPLES],
+                        "y": data.y_train[:CALIBRATION_SAMPLES]}]
+    if all("y" in b for b in calibration):
+        output_loss = CrossEntropyOutput(label_key="y")
+    else:
+        with torch.no_grad():
+            calibration = [{"x": b["x"], "target": model(b["x"])} for b in calibration]
+        output_loss = DistillationKLOutput(target_key="target")
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         with torch.no_grad():
@@ -60,7 +79,7 @@ def digits_bundle(name: str, version: int, build: Callable[[], nn.Module],
     return ModelBundle(
         name=name,
         model=model,
-        calibration=[calib],
+        calibration=list(calibration),
         forward=output,
         loss=lambda m, b: output_loss(output(m, b), b),
         output=output,
@@ -70,5 +89,5 @@ def digits_bundle(name: str, version: int, build: Callable[[], nn.Module],
         quality_metric="accuracy",
         description=description,
         tied_groups=tied_groups,
-        info={"test_accuracy": accuracy(model, data.x_test, data.y_test)},
+        info={"test_accuracy": accuracy(model, data.x_test, data.y_test), **(info or {})},
     )

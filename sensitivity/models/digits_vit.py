@@ -112,9 +112,11 @@ def _train_loop(data: DigitsSplit) -> DigitsViT:
     return model.eval()
 
 
-def load() -> ModelBundle:
+def load(**uploaded) -> ModelBundle:
+    """The trained model; `uploaded` (weights, calibration, info) as in `digits_bundle`."""
     return digits_bundle(
         "digits-vit", VERSION, DigitsViT, _train,
         description="small vision transformer (2x2 patches, dim 64, 2 blocks, 4 heads) on "
                     "scikit-learn digits (8x8), task loss",
+        **uploaded,
     )

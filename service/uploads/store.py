@@ -24,6 +24,9 @@ from service.uploads.safetensors_check import check_finite, check_safetensors
 
 MODEL_FIELDS = {"name", "architecture"}
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")  # what a built-in architecture's weights may be
+# integer buffers a torch state_dict carries beside the weights (BatchNorm's counter,
+# a transformer's position ids): allowed as integers
+INTEGER_BUFFERS = ("num_batches_tracked", "position_ids")
 DATASET_FIELDS = {"name"}
 
 
@@ -118,7 +121,8 @@ def _state_dict(received: Received, architecture: str, work: Path) -> dict:
     if not info.tensors:
         raise UploadError(422, f"{received.filename} holds no tensors")
     wrong = sorted(f"{k} ({t.dtype})" for k, t in info.tensors.items()
-                   if t.dtype not in WEIGHT_DTYPES)
+                   if t.dtype not in WEIGHT_DTYPES and not (
+                       k.rsplit(".", 1)[-1] in INTEGER_BUFFERS and t.dtype in ("I64", "I32")))
     if wrong:
         raise UploadError(422, f"{received.filename}: weights of {architecture} must be "
                                f"floating point ({', '.join(WEIGHT_DTYPES)}); got "

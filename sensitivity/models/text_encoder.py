@@ -1,0 +1,109 @@
+"""Any Hugging Face encoder as a sentence-embedding bundle, the `minilm` recipe
+made general: embedding = attention-masked mean of the last hidden state,
+L2-normalised; loss = self-distillation MSE against the full-precision
+embeddings (zero residual, so `fisher` measures the Gauss–Newton matrix);
+quality = cosine similarity to the full-precision embeddings on held-out texts
+(and paraphrase recall@1 when they are the built-in paraphrase corpus)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sensitivity.bundle import Batch, ModelBundle
+from sensitivity.models.minilm import paraphrase_recall_at_1
+from sensitivity.output_loss import SquaredErrorOutput
+
+MAX_TOKENS = 64
+CALIBRATION_BATCH = 16
+EVAL_BATCH = 64
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(model: nn.Module) -> tuple[str, ...]:
+    """Which of input_ids / attention_mask / token_type_ids the model's forward takes."""
+    params = inspect.signature(model.forward).parameters
+    names = tuple(k for k in MODEL_INPUTS if k in params)
+    if "input_ids" not in names or "attention_mask" not in names:
+        raise ValueError(f"{type(model).__name__}.forward takes no input_ids/attention_mask: "
+                         "not a text encoder")
+    return names
+
+
+def embed(model: nn.Module, batch: Batch) -> torch.Tensor:
+    out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+    hidden = getattr(out, "last_hidden_state", None)
+    if hidden is None:
+        raise ValueError(f"{type(model).__name__} returns no last_hidden_state")
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+    return F.normalize(pooled, dim=-1)
+
+
+def tokenize(tokenizer, texts: Sequence[str], inputs: Sequence[str], max_tokens: int) -> Batch:
+    enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_tokens,
+                    return_tensors="pt")
+    batch = {k: enc[k] for k in inputs if k in enc}
+    batch.setdefault("attention_mask", torch.ones_like(batch["input_ids"]))
+    if "token_type_ids" in inputs:
+        batch.setdefault("token_type_ids", torch.zeros_like(batch["input_ids"]))
+    return batch
+
+
+def token_batch(ids: torch.Tensor, mask: torch.Tensor, inputs: Sequence[str]) -> Batch:
+    batch = {"input_ids": ids.long(), "attention_mask": mask.long()}
+    if "token_type_ids" in inputs:
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    return batch
+
+
+def chunks(batch: Batch, size: int) -> list[Batch]:
+    n = batch["input_ids"].shape[0]
+    return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def text_encoder_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
+                        evaluation: Sequence[Batch], *, description: str,
+                        partner: list[int] | None = None, info: dict | None = None,
+                        cache_salt: str = "") -> ModelBundle:
+    """`calibration` and `evaluation`: token batches (input_ids, attention_mask, and
+    token_type_ids where the model takes them); `partner[i]`: the paraphrase of
+    evaluation sample i, when the evaluation texts come in paraphrase pairs."""
+    model.eval()
+    with torch.no_grad():
+        reference = torch.cat([embed(model, b) for b in evaluation])
+        calibration = [{**b, "target": embed(model, b)} for b in calibration]
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            emb = torch.cat([embed(m, b) for b in evaluation])
+        cosine = (emb * reference).sum(-1)
+        quality = {"cosine_to_fp": float(cosine.mean()) * 100,
+                   "worst_cosine_to_fp": float(cosine.min()) * 100}
+        if partner is not None:
+            quality["paraphrase_recall_at_1"] = paraphrase_recall_at_1(emb, partner)
+        return quality
+
+    output_loss = SquaredErrorOutput(target_key="target")  # zero residual: target = FP embedding
+    facts = {"eval_samples": int(reference.shape[0]),
+             "calibration_samples": sum(int(b["input_ids"].shape[0]) for b in calibration)}
+    if partner is not None:
+        facts["fp_paraphrase_recall_at_1"] = paraphrase_recall_at_1(reference, partner)
+    return ModelBundle(
+        name=name,
+        model=model,
+        calibration=calibration,
+        forward=embed,
+        loss=lambda m, b: output_loss(embed(m, b), b),
+        output=embed,
+        output_loss=output_loss,
+        evaluate=evaluate,
+        quality_metric="cosine_to_fp",
+        description=description,
+        info={**facts, **(info or {})},
+        cache_salt=cache_salt,
+    )
