@@ -126,7 +126,8 @@ def run_model(name: str, log) -> dict:
     choices = candidate_choices(spec_for(name, BUDGETS[0]))
     full = bundle.evaluate(bundle.model)
     log(f"{name}: {len(layers)} layers, full precision {metric} {full[metric]:.2f}, load {load_s:.1f}s")
-    uniform = uniform_points(spec_for(name, BUDGETS[0]), bundle, layers, base, "avg_bits")
+    uniform = uniform_points(spec_for(name, BUDGETS[0]), bundle, layers, base, "avg_bits", 0.0,
+                             every_width=True)
     out = {
         "metric": metric, "full_precision": full, "layers": len(layers),
         "params": sum(layer.params for layer in layers), "load_s": load_s, "info": bundle.info,

@@ -121,9 +121,23 @@ def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
 
 
 def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
-    """‖Q_b(W) − W‖², accumulated in float64."""
-    delta = fake_quantize(weight, config).double() - weight.detach().double()
-    return float(delta.pow(2).sum())
+    """‖Q_b(W) − W‖², accumulated in float64.
+
+    For float32 weights the error is taken in the group layout, without building
+    the codes and the dequantized matrix (the sensitivity methods need it for
+    every layer and width; a 30522×384 embedding would otherwise dominate)."""
+    if not config.quantized or weight.dtype != torch.float32:
+        delta = fake_quantize(weight, config).double() - weight.detach().double()
+        return float(delta.pow(2).sum())
+    w = as_matrix(weight.detach())
+    rows, k = w.shape
+    g = config.group_size_for(k)
+    padded = _pad_to_groups(w, g)
+    scale, zero = _search_params(padded, config)
+    delta = _dequant(_codes(padded, scale, zero, config), scale, zero) - padded
+    if k % g:  # the padding repeats the last value: count the real columns only
+        delta = delta.reshape(rows, -1)[:, :k]
+    return float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2)
 
 
 def weight_bits(shape: tuple[int, ...], config: QuantConfig) -> int:

@@ -37,6 +37,19 @@ def test_error_falls_as_bits_rise(w, symmetric, mse_clip, g):
 
 
 @settings(max_examples=60, deadline=None)
+@given(w=weights, config=configs, conv=st.booleans())
+def test_error_is_the_distance_to_the_fake_quantized_weight(w, config, conv):
+    """quantization_error's group-layout shortcut equals ‖Q(W) − W‖² (partial groups too)."""
+    if conv:  # a conv weight, flattened along K like the kernels do
+        w = w[:, : w.shape[1] // 9 * 9].reshape(w.shape[0], -1, 3, 3)
+    direct = float((fake_quantize(w, config).double() - w.double()).pow(2).sum())
+    assert quantization_error(w, config) == pytest.approx(direct, rel=1e-5, abs=1e-30)
+    half = w.half()
+    assert quantization_error(half, config) == pytest.approx(
+        float((fake_quantize(half, config).double() - half.double()).pow(2).sum()), rel=1e-9, abs=1e-30)
+
+
+@settings(max_examples=60, deadline=None)
 @given(w=weights, config=configs)
 def test_quantize_dequantize_is_idempotent(w, config):
     once = fake_quantize(w, config)
