@@ -28,7 +28,7 @@ from sensitivity.layers import LayerInfo
 from sensitivity.paths import atomic_write_bytes, cache_dir
 from sensitivity.table import Choice, SensitivityTable
 
-FORMAT = 1
+FORMAT = 2  # 2: interlayer with measured pairs measures its per-layer terms too
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
