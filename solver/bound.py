@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from solver.chain import BANDWIDTH, Chain, bandwidth
 from solver.compiled import Compiled
 
 _ITERATIONS = 200
@@ -147,7 +148,10 @@ def lagrangian_bound(
     scale = float(np.nanmean(np.nanmax(spread, axis=1))) or 1.0
     wn = (c.omega - base[:, None]) / scale
     offset = float(base.sum())
-    separable = _Separable(c, wn, scale)
+    chain = Chain(c, scale) if c.pairs and bandwidth(c) <= BANDWIDTH else None
+    # with a chain of pair terms the dynamic program gives the exact bound at the end;
+    # the cheap pair-free relaxation only finds multipliers to start it from
+    separable = _Separable(c.with_omega(c.omega) if chain else c, wn, scale)
 
     active = np.flatnonzero(np.isfinite(c.rhs))
     norm = np.array([_row_scale(c, k) for k in active])
@@ -199,7 +203,17 @@ def lagrangian_bound(
         target = upper if np.isfinite(upper) else best_lower + 0.05 * c.n_units
         lam = np.maximum(0.0, lam + theta * (target - lower) / norm2 * step_sub)
 
-    if len(active) and upper - best_lower > closed and time.perf_counter() < deadline:
+    if chain is not None:
+        if time.perf_counter() < deadline:
+            lam, lower, found = _chain_ascent(chain, wn, an, bn, best_lam, deadline, tol=0.1 * closed)
+            best_lower, best_lam = lower, lam  # the pair-free value is no bound here
+            for assign in found:
+                value = true_n(assign)
+                if value < upper:
+                    incumbent, upper = assign, value
+        else:
+            best_lower = -np.inf
+    elif len(active) and upper - best_lower > closed and time.perf_counter() < deadline:
         for lam in _polish(best_lam, separable, an, bn, units, rounds=1 if c.pairs else 2):
             m = separable(lam, an)
             assign = np.argmin(m, axis=1)
@@ -215,8 +229,14 @@ def lagrangian_bound(
         incumbent = improve(c, incumbent)
         upper = true_n(incumbent)
 
-    m = separable(best_lam, an)
-    if c.pairs and upper - best_lower > closed and time.perf_counter() < deadline:
+    if chain is not None:
+        if np.isfinite(best_lower) and upper - best_lower > closed:
+            m = chain.min_marginals(wn + np.tensordot(best_lam, an, axes=1))
+        else:  # proven already, or no bound: reduced costs of 0 eliminate nothing
+            m = np.where(np.isfinite(c.omega), 0.0, np.inf)
+    else:
+        m = separable(best_lam, an)
+    if c.pairs and chain is None and upper - best_lower > closed and time.perf_counter() < deadline:
         value, beliefs = separable.message_passing(best_lam, an, _SWEEPS, deadline)
         if value - best_lam @ bn > best_lower:
             best_lower, m = value - best_lam @ bn, beliefs
@@ -338,20 +358,23 @@ def _feasible_from(lam, wn, an, bn, units) -> np.ndarray | None:
 def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
     """Greedy upgrades that lower Ω (pair terms included) while every budget still fits."""
     assign = assign.copy()
-    neighbours: list[list[tuple[int, np.ndarray, bool]]] = [[] for _ in range(c.n_units)]
+    neighbours: list[list[int]] = [[] for _ in range(c.n_units)]
     for p in c.pairs:
-        neighbours[p.u].append((p.v, p.values, True))
-        neighbours[p.v].append((p.u, p.values, False))
+        neighbours[p.u].append(p.v)
+        neighbours[p.v].append(p.u)
     active = np.flatnonzero(np.isfinite(c.rhs))
     costs = c.costs[active]
     tol = 1e-9 * np.maximum(np.abs(c.rhs[active]), 1.0)
     units = np.arange(c.n_units)
+    pu, pv, blocks = c.pair_arrays
+    edges = np.arange(len(pu))
     for _ in range(passes):
         delta = c.omega - c.omega[units, assign][:, None]
-        for p in c.pairs:
-            au, av = assign[p.u], assign[p.v]
-            delta[p.u] += p.values[:, av] - p.values[au, av]
-            delta[p.v] += p.values[au, :] - p.values[au, av]
+        if len(pu):
+            au, av = assign[pu], assign[pv]
+            now = blocks[edges, au, av][:, None]
+            np.add.at(delta, pu, blocks[edges, :, av] - now)
+            np.add.at(delta, pv, blocks[edges, au, :] - now)
         dcost = costs - costs[:, units, assign][:, :, None]
         slack = c.rhs[active] - costs[:, units, assign].sum(axis=1)
         weight = (np.maximum(dcost, 0.0) / np.maximum(slack, 1e-300)[:, None, None]).sum(axis=0)
@@ -378,9 +401,86 @@ def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
             room = [r - d for r, d in zip(room, step)]
             assign[u] = j
             touched[u] = True
-            for v, _, _ in neighbours[u]:
+            for v in neighbours[u]:
                 touched[v] = True
             moved = True
         if not moved:
             break
     return assign
+
+
+def _chain_ascent(chain: Chain, wn, an, bn, lam, deadline: float, tol: float, rounds: int = 3):
+    """Maximise the exact Lagrangian dual of a pair chain, one multiplier at a time.
+
+    Along one coordinate the dual is concave and piecewise linear, and its slope is
+    the budget's use minus its limit: a batch of geometric steps brackets the maximum,
+    then the tangents at the two ends of the bracket meet above it (an upper bound on
+    the dual along that line) and their crossing is the next point to try, until that
+    bound is within ``tol`` of the best value. Returns (λ, dual value, the assignments
+    met on the way that fit every budget).
+    """
+    units = np.arange(chain.n)
+    found: list[np.ndarray] = []
+    slack = 1e-12 * np.maximum(np.abs(bn), 1.0)
+
+    def evaluate(points: np.ndarray):
+        m = wn[None] + np.einsum("bk,kuc->buc", points, an)
+        values, assign = chain.minimise(m)
+        use = np.stack([an[:, units, a].sum(axis=1) for a in assign])  # (B, K)
+        slope = use - bn[None]
+        for b in np.flatnonzero(np.all(slope <= slack, axis=1)):
+            found.append(assign[b])
+        return values - points @ bn, slope
+
+    lam = np.asarray(lam, dtype=float).copy()
+    (value,), (slope,) = evaluate(lam[None])
+    if not len(bn):
+        return lam, float(value), found
+    for _ in range(rounds):
+        start = value
+        for k in range(len(bn)):
+            if time.perf_counter() > deadline:
+                return lam, float(value), found
+            if abs(slope[k]) <= slack[k] or (slope[k] < 0 and lam[k] == 0):
+                continue
+            here = lam[k]
+            if slope[k] > 0:
+                base = here if here > 0 else float(chain.n)
+                steps = here + base * np.array([1e-3, 1e-2, 0.1, 1.0])
+            else:
+                steps = here * np.array([0.999, 0.99, 0.9, 0.0])
+            points = np.repeat(lam[None], len(steps), axis=0)
+            points[:, k] = steps
+            values, slopes = evaluate(points)
+            line = sorted(
+                [(here, value, slope)] + [(t, v, s) for t, v, s in zip(steps, values, slopes)],
+                key=lambda r: r[0],
+            )
+            rising = [r for r in line if r[2][k] > 0]
+            falling = [r for r in line if r[2][k] <= 0]
+            best = max(line, key=lambda r: r[1])
+            if rising and falling and rising[-1][0] < falling[0][0]:
+                lo, hi = rising[-1], falling[0]
+                for _ in range(12):
+                    if time.perf_counter() > deadline:
+                        break
+                    s_lo, s_hi = lo[2][k], hi[2][k]
+                    cross = (hi[1] - lo[1] + s_lo * lo[0] - s_hi * hi[0]) / (s_lo - s_hi)
+                    cross = min(max(cross, lo[0]), hi[0])
+                    ceiling = lo[1] + s_lo * (cross - lo[0])
+                    if ceiling - best[1] <= tol or not lo[0] < cross < hi[0]:
+                        break
+                    point = lam.copy()
+                    point[k] = cross
+                    (v,), (s,) = evaluate(point[None])
+                    r = (cross, v, s)
+                    if v > best[1]:
+                        best = r
+                    if s[k] > 0:
+                        lo = r
+                    else:
+                        hi = r
+            lam[k], value, slope = best[0], best[1], best[2]
+        if value - start <= tol:
+            break
+    return lam, float(value), found

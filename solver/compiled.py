@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -74,11 +75,24 @@ class Compiled:
     def with_omega(self, omega: np.ndarray, pairs: tuple[PairBlock, ...] = ()) -> Compiled:
         return replace(self, omega=omega, pairs=pairs)
 
+    @cached_property
+    def pair_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(u, v, values) of every pair block as arrays: (P,), (P,), (P, C, C)."""
+        width = self.omega.shape[1]
+        if not self.pairs:
+            return np.zeros(0, dtype=int), np.zeros(0, dtype=int), np.zeros((0, width, width))
+        return (
+            np.array([p.u for p in self.pairs], dtype=int),
+            np.array([p.v for p in self.pairs], dtype=int),
+            np.stack([p.values for p in self.pairs]),
+        )
+
     def objective(self, assign: np.ndarray) -> float:
         units = np.arange(self.n_units)
         total = float(self.omega[units, assign].sum())
-        for p in self.pairs:
-            total += float(p.values[assign[p.u], assign[p.v]])
+        if self.pairs:
+            pu, pv, values = self.pair_arrays
+            total += float(values[np.arange(len(pu)), assign[pu], assign[pv]].sum())
         return total
 
     def used(self, assign: np.ndarray) -> np.ndarray:
@@ -142,34 +156,50 @@ def compile_problem(
 
     n_units = len(names)
     width = max(1, max(len(c) for c in choices))
-    omega = np.full((n_units, width), np.inf)
-    costs = np.zeros((len(kinds), n_units, width))
+    # rows (unit, choice index, Ω, cost of each kind), summed over a unit's members
+    where, rows = [], []
     unit_of = {}
     for u, (layer_names, cands) in enumerate(zip(members, choices)):
         for name in layer_names:
             unit_of[name] = u
-        for i, choice in enumerate(cands):
-            opts = [by_name[n].options[choice] for n in layer_names]
-            omega[u, i] = sum(o.omega for o in opts)
-            for k, kind in enumerate(kinds):
-                costs[k, u, i] = sum(o.costs[kind] for o in opts)
+            options = by_name[name].options
+            for i, choice in enumerate(cands):
+                option = options[choice]
+                where.append(u * width + i)
+                rows.append([option.omega] + [option.costs[kind] for kind in kinds])
+    table = np.zeros((n_units * width, 1 + len(kinds)))
+    if rows:
+        np.add.at(table, np.array(where, dtype=int), np.array(rows, dtype=float))
+    filled = np.zeros(n_units * width, dtype=bool)
+    filled[where] = True
+    omega = np.where(filled, table[:, 0], np.inf).reshape(n_units, width)
+    costs = np.ascontiguousarray(table[:, 1:].T).reshape(len(kinds), n_units, width)
 
     blocks: dict[tuple[int, int], np.ndarray] = {}
+    # (choices of a, choices of b, a before b) -> {(ca, cb): flat index in the block}
+    flat_index: dict[tuple, dict] = {}
     for pair in problem.pairs:
         ua, ub = unit_of[pair.a], unit_of[pair.b]
-        index_a = {c: i for i, c in enumerate(choices[ua])}
-        index_b = {c: i for i, c in enumerate(choices[ub])}
-        for (ca, cb), value in pair.values.items():
-            if ca not in index_a or cb not in index_b:
-                continue
-            i, j = index_a[ca], index_b[cb]
-            if ua == ub:
-                if ca == cb:
-                    omega[ua, i] += value
-                continue
-            key, ij = ((ua, ub), (i, j)) if ua < ub else ((ub, ua), (j, i))
-            block = blocks.setdefault(key, np.zeros((width, width)))
-            block[ij] += value
+        if ua == ub:
+            index = {c: i for i, c in enumerate(choices[ua])}
+            for (ca, cb), value in pair.values.items():
+                if ca == cb and ca in index:
+                    omega[ua, index[ca]] += value
+            continue
+        key = (choices[ua], choices[ub], ua < ub)
+        if key not in flat_index:
+            flat_index[key] = {
+                (ca, cb): (i * width + j if ua < ub else j * width + i)
+                for i, ca in enumerate(choices[ua])
+                for j, cb in enumerate(choices[ub])
+            }
+        where = flat_index[key]
+        flat = np.array([where.get(k, -1) for k in pair.values], dtype=int)
+        values = np.fromiter(pair.values.values(), dtype=float, count=len(flat))
+        block = blocks.get((min(ua, ub), max(ua, ub)))
+        if block is None:
+            block = blocks[min(ua, ub), max(ua, ub)] = np.zeros((width, width))
+        np.add.at(block.reshape(-1), flat[flat >= 0], values[flat >= 0])
     pairs = tuple(PairBlock(u, v, m) for (u, v), m in sorted(blocks.items()) if np.any(m))
 
     fixed = tuple(problem.fixed_costs.get(kind, 0.0) for kind in kinds)
