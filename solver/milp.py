@@ -20,8 +20,12 @@ import numpy as np
 import pulp
 
 from solver.compiled import Compiled
+from solver.watchdog import Overrun, call_with_deadline
 
 BACKENDS = ("cbc", "highs")
+OVERRUN_GRACE_S = 0.25
+"""How long past its time limit a backend may run before the watchdog kills it
+(plus 5% of the limit: process start and reading the solution back)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,7 +52,31 @@ def solve_core(
     gap_abs: float | None,
     gap_rel: float,
 ) -> MilpResult:
-    """Minimise Ω over the kept options of ``c`` subject to its finite budgets."""
+    """Minimise Ω over the kept options of ``c`` subject to its finite budgets.
+
+    The backend runs under a watchdog: a solve still running ``OVERRUN_GRACE_S``
+    (+5%) past ``time_limit_s`` is killed and reported as "timeout".
+    """
+    counts = keep.sum(axis=1)
+    if np.any(counts == 0) or not np.any(counts > 1):
+        return _solve_core(c, keep, incumbent, backend, time_limit_s, gap_abs, gap_rel)
+    try:
+        return call_with_deadline(
+            _solve_core,
+            c,
+            keep,
+            incumbent,
+            backend,
+            time_limit_s,
+            gap_abs,
+            gap_rel,
+            seconds=time_limit_s * 1.05 + OVERRUN_GRACE_S,
+        )
+    except Overrun:
+        return MilpResult("timeout", None)
+
+
+def _solve_core(c, keep, incumbent, backend, time_limit_s, gap_abs, gap_rel) -> MilpResult:
     counts = keep.sum(axis=1)
     if np.any(counts == 0):
         return MilpResult("infeasible", None)
