@@ -4,11 +4,39 @@ kombu's filesystem transport under the data folder, which needs no server."""
 
 from __future__ import annotations
 
+import redis.exceptions
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from service.config import Settings
 
 RUN_JOB = "bitalloc.run_job"
+
+
+class _RedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that once its connection has been detached it
+    fails like an unreachable broker (a connection error, which Celery recovers
+    from) instead of with an AttributeError (which stops the worker).
+
+    Why: when Redis goes away while a task is running (unacknowledged, acks_late),
+    Celery's consumer first `collect()`s the broken connection, which detaches the
+    transport (`transport.client = None`), then `close()`s it again; that second
+    close re-runs the channel's close, which tries to put the unacknowledged message
+    back and builds a new Redis client from `transport.client.hostname`: an
+    "Unrecoverable error: AttributeError: 'NoneType' object has no attribute
+    'hostname'", and the worker exits once its running task ends. The task's late
+    ack on the old channel takes the same path. Redis is down or restarted at that
+    point anyway, so a connection error is the truth; the reaper and the broker's
+    visibility timeout take care of the message."""
+
+    def _connparams(self, asynchronous=False):
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = _RedisChannel
 
 
 def broker_folders(settings: Settings) -> dict[str, str]:
@@ -23,6 +51,7 @@ def broker_folders(settings: Settings) -> dict[str, str]:
 def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
     app = Celery("bitalloc", broker=settings.broker_url, include=include or [])
     if settings.redis_url:
+        app.conf.broker_transport = f"{__name__}:RedisTransport"
         # a message unacknowledged for longer than this is delivered again: it must
         # outlast the longest job, or a running job would be started twice
         transport = {"visibility_timeout": settings.job_time_limit_s + 600}
@@ -32,6 +61,12 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
         broker_transport_options=transport,
         broker_connection_timeout=5,
         broker_connection_retry_on_startup=True,
+        # a worker waits for its broker however long it is away (Celery's default
+        # gives up after 100 attempts, and the worker exits)
+        broker_connection_max_retries=None,
+        # a running job keeps running when the broker connection drops: its claim in
+        # the database fences it, and hours of work are not thrown away
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=settings.queue,
         task_ignore_result=True,
         task_serializer="json",
