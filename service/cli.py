@@ -110,18 +110,53 @@ def _one_line(exc) -> str:
     return "; ".join(parts)
 
 
+DATA_FORMATS = {".safetensors": "safetensors", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def local_uploads(args: argparse.Namespace, model: str):
+    """(model source, data source) for `run --weights / --model-dir / --data`."""
+    from sensitivity.models import model_names
+    from sensitivity.sources import DataSource, ModelSource
+
+    model_source = data_source = None
+    if args.model_dir:
+        folder = Path(args.model_dir)
+        try:
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise UsageError(f"--model-dir: no readable config.json in {folder}: {exc}") from None
+        model_source = ModelSource(model, "hf", str(model_type), folder)
+    elif model not in model_names():
+        raise UsageError(f"unknown model {model!r}; built-in models: {', '.join(model_names())} "
+                         "(or --model-dir for a Hugging Face model folder)")
+    elif args.weights:
+        if not Path(args.weights).is_file():
+            raise UsageError(f"--weights: no file {args.weights}")
+        model_source = ModelSource(model, "state_dict", model, Path(args.weights))
+    if args.data:
+        fmt = DATA_FORMATS.get(Path(args.data).suffix.lower())
+        if fmt is None or not Path(args.data).is_file():
+            raise UsageError(f"--data: expected a .safetensors, .txt or .jsonl file, got {args.data}")
+        data_source = DataSource(Path(args.data).name, fmt, Path(args.data))
+    return model_source, data_source
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.model_dir and args.weights:
+        raise UsageError("give --weights (for a built-in --model) or --model-dir, not both")
+    if not args.model and not args.model_dir:
+        raise UsageError("give --model (a built-in model) or --model-dir")
+    args.model = args.model or Path(args.model_dir).resolve().name
     spec = build_spec(args)
     from sensitivity.estimators import method_names
-    from sensitivity.models import model_names
     from workers.pipeline import JobError, run_job
 
-    if spec.model not in model_names():
-        raise UsageError(f"unknown model {spec.model!r}; built-in models: {', '.join(model_names())}")
+    model_source, data_source = local_uploads(args, spec.model)
     if spec.method not in method_names():
         raise UsageError(f"unknown method {spec.method!r}; methods: {', '.join(method_names())}")
     try:
-        result = run_job(spec, ProgressPrinter(), artifact_dir=args.artifact)
+        result = run_job(spec, ProgressPrinter(), artifact_dir=args.artifact,
+                         model_source=model_source, data_source=data_source)
     except (JobError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_JOB_FAILED
@@ -197,7 +232,15 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bitalloc", description="Mixed-precision bit allocation.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline locally, no service")
-    run.add_argument("--model", required=True, help="built-in model: digits-cnn, digits-vit, minilm")
+    run.add_argument("--model", help="built-in model: digits-cnn, digits-vit, minilm (with "
+                                     "--model-dir: a name for the folder's model)")
+    run.add_argument("--weights", metavar="FILE",
+                     help="a safetensors state dict for the --model architecture")
+    run.add_argument("--model-dir", metavar="DIR",
+                     help="a Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+    run.add_argument("--data", metavar="FILE",
+                     help="calibration data: .safetensors (inputs, optional labels and "
+                          "attention_mask), or .txt / .jsonl texts for text models")
     run.add_argument("--budget", action="append", required=True,
                      help="KIND=LIMIT, repeatable: avg_bits, size_bytes, size_mb, bops, latency_ms "
                           "(with --latency-table), max_quality_drop (points of the quality metric)")
