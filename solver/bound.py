@@ -26,6 +26,7 @@ from solver.compiled import Compiled
 
 _ITERATIONS = 200
 _SWEEPS = 50  # message-passing sweeps when there are pair terms
+_THETA_STOP = 1e-3  # subgradient step scale at which the exact line searches take over
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,7 +192,7 @@ def lagrangian_bound(
             value = true_n(assign)
             if value < upper:
                 incumbent, upper = assign, value
-        if upper - best_lower <= closed or theta < 1e-6 or not len(active):
+        if upper - best_lower <= closed or theta < _THETA_STOP or not len(active):
             break
         if time.perf_counter() > deadline:
             complete = False
@@ -230,7 +231,7 @@ def lagrangian_bound(
         upper = true_n(incumbent)
 
     if chain is not None:
-        if np.isfinite(best_lower) and upper - best_lower > closed:
+        if np.isfinite(best_lower) and upper - best_lower > closed and time.perf_counter() < deadline:
             m = chain.min_marginals(wn + np.tensordot(best_lam, an, axes=1))
         else:  # proven already, or no bound: reduced costs of 0 eliminate nothing
             m = np.where(np.isfinite(c.omega), 0.0, np.inf)
@@ -484,3 +485,54 @@ def _chain_ascent(chain: Chain, wn, an, bn, lam, deadline: float, tol: float, ro
         if value - start <= tol:
             break
     return lam, float(value), found
+
+
+def exchange(c: Compiled, assign: np.ndarray, keep: np.ndarray, *, rounds: int = 30) -> np.ndarray:
+    """Local search by pairs of moves: change two units at once (one pays for the other)
+    when together they lower Ω and every budget still fits.
+
+    Moves are restricted to kept options of units with more than one kept option.
+    ``improve`` only takes single moves that fit the slack; rounding a Lagrangian
+    solution leaves budget that only such exchanges use. Each accepted exchange is
+    checked on the true objective (pair terms included), so the result never gets worse.
+    """
+    assign = assign.copy()
+    active = np.flatnonzero(np.isfinite(c.rhs))
+    core = np.flatnonzero(keep.sum(axis=1) > 1)
+    if not len(core):
+        return assign
+    costs = c.costs[active][:, core]  # (K, M, C)
+    omega = c.omega[core]
+    tol = 1e-9 * np.maximum(np.abs(c.rhs[active]), 1.0)
+    best = c.objective(assign)
+    for _ in range(rounds):
+        now = assign[core]
+        rows = np.arange(len(core))
+        d_omega = np.where(keep[core], omega - omega[rows, now][:, None], np.inf)
+        d_cost = costs - costs[:, rows, now][:, :, None]
+        slack = c.rhs[active] - c.used(assign)[active] + tol
+        mu, mj = np.nonzero(np.isfinite(d_omega) & (d_omega != 0))
+        if len(mu) < 2:
+            break
+        do = d_omega[mu, mj]
+        dc = d_cost[:, mu, mj]  # (K, moves)
+        gain = do[:, None] + do[None, :]
+        ok = (gain < -1e-12 * abs(best)) & (mu[:, None] != mu[None, :])
+        for k in range(len(active)):
+            ok &= dc[k][:, None] + dc[k][None, :] <= slack[k]
+        if not ok.any():
+            break
+        order = np.argsort(np.where(ok, gain, np.inf), axis=None)[: int(np.count_nonzero(ok))]
+        moved = False
+        for flat in order[:8]:
+            a, b = np.unravel_index(flat, ok.shape)
+            trial = assign.copy()
+            trial[core[mu[a]]], trial[core[mu[b]]] = mj[a], mj[b]
+            value = c.objective(trial)
+            if value < best and c.fits(c.used(trial)):
+                assign, best, moved = improve(c, trial, passes=2), value, True
+                best = c.objective(assign)
+                break
+        if not moved:
+            break
+    return assign

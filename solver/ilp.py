@@ -38,7 +38,8 @@ def solve(
         raise ValueError(f"solve() needs a Problem, got {type(problem).__name__}")
     start = time.perf_counter()
     compiled = compile_problem(problem)
-    outcome = optimise(compiled, backend=backend, time_limit_s=time_limit_s, mip_gap=mip_gap)
+    left = max(time_limit_s - (time.perf_counter() - start), 0.01)  # compiling counts too
+    outcome = optimise(compiled, backend=backend, time_limit_s=left, mip_gap=mip_gap)
     explanation = None
     if outcome.status == "infeasible":
         left = max(time_limit_s - (time.perf_counter() - start), 1.0)

@@ -26,6 +26,18 @@ BACKENDS = ("cbc", "highs")
 OVERRUN_GRACE_S = 0.25
 """How long past its time limit a backend may run before the watchdog kills it
 (plus 5% of the limit: process start and reading the solution back)."""
+INLINE_VARIABLES = 500
+
+
+def _variables(c: Compiled, keep: np.ndarray) -> int:
+    """Variables of the program over ``keep``: options of core units and pair products."""
+    counts = keep.sum(axis=1)
+    core = counts > 1
+    total = int(counts[core].sum())
+    for p in c.pairs:
+        if core[p.u] and core[p.v]:
+            total += int(counts[p.u] * counts[p.v])
+    return total
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,10 +67,12 @@ def solve_core(
     """Minimise Ω over the kept options of ``c`` subject to its finite budgets.
 
     The backend runs under a watchdog: a solve still running ``OVERRUN_GRACE_S``
-    (+5%) past ``time_limit_s`` is killed and reported as "timeout".
+    (+5%) past ``time_limit_s`` is killed and reported as "timeout". A program of at
+    most ``INLINE_VARIABLES`` variables runs in this process: its root processing
+    takes milliseconds, less than starting the watchdog's process.
     """
     counts = keep.sum(axis=1)
-    if np.any(counts == 0) or not np.any(counts > 1):
+    if np.any(counts == 0) or _variables(c, keep) <= INLINE_VARIABLES:
         return _solve_core(c, keep, incumbent, backend, time_limit_s, gap_abs, gap_rel)
     try:
         return call_with_deadline(

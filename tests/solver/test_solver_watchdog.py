@@ -80,6 +80,7 @@ def test_a_stuck_backend_gives_the_incumbent_within_the_limit(monkeypatch):
         time.sleep(60)
 
     monkeypatch.setattr(milp, "_solve_core", stuck)
+    monkeypatch.setattr(milp, "INLINE_VARIABLES", 0)  # small programs run inline otherwise
     problem = _contested_problem()
     start = time.monotonic()
     allocation = solve(problem, time_limit_s=1.0, mip_gap=0.0)
