@@ -26,11 +26,15 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def model_inputs(model: nn.Module) -> tuple[str, ...]:
     """Which of input_ids / attention_mask / token_type_ids the model's forward takes."""
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise ValueError(f"{type(model).__name__} is an encoder-decoder model; bitalloc "
+                         "calibrates text encoders (BERT-like) and decoders by their last "
+                         "hidden state: upload the encoder on its own")
     params = inspect.signature(model.forward).parameters
     names = tuple(k for k in MODEL_INPUTS if k in params)
     if "input_ids" not in names or "attention_mask" not in names:
-        raise ValueError(f"{type(model).__name__}.forward takes no input_ids/attention_mask: "
-                         "not a text encoder")
+        raise ValueError(f"{type(model).__name__}.forward takes no input_ids and "
+                         "attention_mask: uploaded Hugging Face models must be text models")
     return names
 
 
@@ -74,9 +78,13 @@ def text_encoder_bundle(name: str, model: nn.Module, calibration: Sequence[Batch
     token_type_ids where the model takes them); `partner[i]`: the paraphrase of
     evaluation sample i, when the evaluation texts come in paraphrase pairs."""
     model.eval()
-    with torch.no_grad():
-        reference = torch.cat([embed(model, b) for b in evaluation])
-        calibration = [{**b, "target": embed(model, b)} for b in calibration]
+    try:
+        with torch.no_grad():
+            reference = torch.cat([embed(model, b) for b in evaluation])
+            calibration = [{**b, "target": embed(model, b)} for b in calibration]
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the user's model
+        raise ValueError(f"model {name!r} fails on its calibration data: "
+                         f"{type(exc).__name__}: {exc}") from None
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         with torch.no_grad():

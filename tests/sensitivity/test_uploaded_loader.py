@@ -181,3 +181,29 @@ def test_hf_weights_that_do_not_fit_the_config(bert, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
     with pytest.raises(ValueError, match=r"do not fit config.json: missing keys \(16\)"):
         load_bundle("tiny", ModelSource("tiny", "hf", "bert", folder))
+
+
+def test_minilm_state_dict_keeps_the_builtin_evaluation_and_cache(minilm_bundle):
+    """minilm's own safetensors (with the position_ids buffer the model keeps out
+    of its state dict) load strictly; the table key is the built-in one."""
+    from sensitivity.models.minilm import model_dir
+
+    source = ModelSource("mine", "state_dict", "minilm", model_dir() / "model.safetensors")
+    bundle = load_bundle("mine", source)
+    assert bundle.quality_metric == "cosine_to_fp"
+    assert bundle.info["fp_paraphrase_recall_at_1"] == pytest.approx(
+        minilm_bundle.info["fp_paraphrase_recall_at_1"])
+    assert "built-in paraphrase corpus" in bundle.info["evaluation"]
+    assert _key(bundle) == _key(minilm_bundle)
+
+
+def test_non_text_hf_models_are_refused(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=16, image_size=8, patch_size=4)).save_pretrained(
+        tmp_path / "vit")
+    ids = _save(tmp_path / "ids.safetensors", {"inputs": torch.ones(2, 4, dtype=torch.long)})
+    with pytest.raises(ValueError, match="must be text models"):
+        load_bundle("v", ModelSource("v", "hf", "vit", tmp_path / "vit"),
+                    DataSource("ids", "safetensors", ids))
