@@ -205,15 +205,14 @@ def lagrangian_bound(
         lam = np.maximum(0.0, lam + theta * (target - lower) / norm2 * step_sub)
 
     if chain is not None:
-        if time.perf_counter() < deadline:
-            lam, lower, found = _chain_ascent(chain, wn, an, bn, best_lam, deadline, tol=0.1 * closed)
-            best_lower, best_lam = lower, lam  # the pair-free value is no bound here
-            for assign in found:
-                value = true_n(assign)
-                if value < upper:
-                    incumbent, upper = assign, value
-        else:
-            best_lower = -np.inf
+        # one pass of the dynamic program even past the deadline: it is the only valid
+        # lower bound here (the pair-free value above is none), so the gap stays known
+        lam, lower, found = _chain_ascent(chain, wn, an, bn, best_lam, deadline, tol=0.1 * closed)
+        best_lower, best_lam = lower, lam
+        for assign in found:
+            value = true_n(assign)
+            if value < upper:
+                incumbent, upper = assign, value
     elif len(active) and upper - best_lower > closed and time.perf_counter() < deadline:
         for lam in _polish(best_lam, separable, an, bn, units, rounds=1 if c.pairs else 2):
             m = separable(lam, an)
@@ -485,54 +484,3 @@ def _chain_ascent(chain: Chain, wn, an, bn, lam, deadline: float, tol: float, ro
         if value - start <= tol:
             break
     return lam, float(value), found
-
-
-def exchange(c: Compiled, assign: np.ndarray, keep: np.ndarray, *, rounds: int = 30) -> np.ndarray:
-    """Local search by pairs of moves: change two units at once (one pays for the other)
-    when together they lower Ω and every budget still fits.
-
-    Moves are restricted to kept options of units with more than one kept option.
-    ``improve`` only takes single moves that fit the slack; rounding a Lagrangian
-    solution leaves budget that only such exchanges use. Each accepted exchange is
-    checked on the true objective (pair terms included), so the result never gets worse.
-    """
-    assign = assign.copy()
-    active = np.flatnonzero(np.isfinite(c.rhs))
-    core = np.flatnonzero(keep.sum(axis=1) > 1)
-    if not len(core):
-        return assign
-    costs = c.costs[active][:, core]  # (K, M, C)
-    omega = c.omega[core]
-    tol = 1e-9 * np.maximum(np.abs(c.rhs[active]), 1.0)
-    best = c.objective(assign)
-    for _ in range(rounds):
-        now = assign[core]
-        rows = np.arange(len(core))
-        d_omega = np.where(keep[core], omega - omega[rows, now][:, None], np.inf)
-        d_cost = costs - costs[:, rows, now][:, :, None]
-        slack = c.rhs[active] - c.used(assign)[active] + tol
-        mu, mj = np.nonzero(np.isfinite(d_omega) & (d_omega != 0))
-        if len(mu) < 2:
-            break
-        do = d_omega[mu, mj]
-        dc = d_cost[:, mu, mj]  # (K, moves)
-        gain = do[:, None] + do[None, :]
-        ok = (gain < -1e-12 * abs(best)) & (mu[:, None] != mu[None, :])
-        for k in range(len(active)):
-            ok &= dc[k][:, None] + dc[k][None, :] <= slack[k]
-        if not ok.any():
-            break
-        order = np.argsort(np.where(ok, gain, np.inf), axis=None)[: int(np.count_nonzero(ok))]
-        moved = False
-        for flat in order[:8]:
-            a, b = np.unravel_index(flat, ok.shape)
-            trial = assign.copy()
-            trial[core[mu[a]]], trial[core[mu[b]]] = mj[a], mj[b]
-            value = c.objective(trial)
-            if value < best and c.fits(c.used(trial)):
-                assign, best, moved = improve(c, trial, passes=2), value, True
-                best = c.objective(assign)
-                break
-        if not moved:
-            break
-    return assign

@@ -176,7 +176,8 @@ def compile_problem(
     costs = np.ascontiguousarray(table[:, 1:].T).reshape(len(kinds), n_units, width)
 
     blocks: dict[tuple[int, int], np.ndarray] = {}
-    # (choices of a, choices of b, a before b) -> {(ca, cb): flat index in the block}
+    # (options of a, of b, candidates of a's unit, of b's unit, a's unit first)
+    #   -> {(ca, cb): flat index in the block, -1 where a candidate set left it out}
     flat_index: dict[tuple, dict] = {}
     for pair in problem.pairs:
         ua, ub = unit_of[pair.a], unit_of[pair.b]
@@ -186,21 +187,30 @@ def compile_problem(
                 if ca == cb and ca in index:
                     omega[ua, index[ca]] += value
             continue
-        key = (choices[ua], choices[ub], ua < ub)
+        options_a, options_b = tuple(by_name[pair.a].options), tuple(by_name[pair.b].options)
+        key = (options_a, options_b, choices[ua], choices[ub], ua < ub)
         if key not in flat_index:
+            index_a = {c: i for i, c in enumerate(choices[ua])}
+            index_b = {c: j for j, c in enumerate(choices[ub])}
             flat_index[key] = {
-                (ca, cb): (i * width + j if ua < ub else j * width + i)
-                for i, ca in enumerate(choices[ua])
-                for j, cb in enumerate(choices[ub])
+                (ca, cb): (
+                    -1
+                    if ca not in index_a or cb not in index_b
+                    else index_a[ca] * width + index_b[cb]
+                    if ua < ub
+                    else index_b[cb] * width + index_a[ca]
+                )
+                for ca in options_a
+                for cb in options_b
             }
-        where = flat_index[key]
-        flat = np.array([where.get(k, -1) for k in pair.values], dtype=int)
-        values = np.fromiter(pair.values.values(), dtype=float, count=len(flat))
+        count = len(pair.values)
+        flat = np.fromiter(map(flat_index[key].__getitem__, pair.values), dtype=int, count=count)
+        values = np.fromiter(pair.values.values(), dtype=float, count=count)
         block = blocks.get((min(ua, ub), max(ua, ub)))
         if block is None:
             block = blocks[min(ua, ub), max(ua, ub)] = np.zeros((width, width))
         np.add.at(block.reshape(-1), flat[flat >= 0], values[flat >= 0])
-    pairs = tuple(PairBlock(u, v, m) for (u, v), m in sorted(blocks.items()) if np.any(m))
+    pairs = tuple(PairBlock(u, v, m) for (u, v), m in sorted(blocks.items()) if m.any())
 
     fixed = tuple(problem.fixed_costs.get(kind, 0.0) for kind in kinds)
     rhs = np.full(len(kinds), np.inf)

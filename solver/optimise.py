@@ -8,13 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from solver.bound import Bound, exchange, heuristic_keep, lagrangian_bound, with_incumbent
+from solver.bound import Bound, heuristic_keep, lagrangian_bound, with_incumbent
 from solver.compiled import FEAS_RTOL, Compiled
 from solver.milp import BACKENDS, solve_core
 
 _TIGHTEN_ROUNDS = 3
 _HEURISTIC_CORE = 40  # units in the quick integer program that improves the incumbent
-_EXCHANGE_CORE = 60  # units whose choices the exchange search may change
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,11 +56,6 @@ def optimise(
     bound = lagrangian_bound(c, close_gap=mip_gap, start=start, deadline=t0 + 0.8 * time_limit_s)
     if _proven(bound, mip_gap):
         return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound", bound)
-    if bound.incumbent is not None and time.perf_counter() - t0 < 0.8 * time_limit_s:
-        # exchanges of two units' choices: the budget a rounded Lagrangian solution leaves
-        bound = with_incumbent(c, bound, exchange(c, bound.incumbent, heuristic_keep(bound, _EXCHANGE_CORE)))
-        if _proven(bound, mip_gap):
-            return Outcome("optimal", bound.incumbent, bound.upper, bound.lower, "bound", bound)
     if bound.incumbent is not None and np.count_nonzero(bound.keep.sum(axis=1) > 1) > _HEURISTIC_CORE:
         # a small integer program over the most contested units: a better incumbent
         # shrinks the gap, and with it the core the exact program has to search
