@@ -174,3 +174,23 @@ def test_unfit_uploads_fail_the_job_with_the_reason(sqlite_server, jobs, case, r
     assert "internal error" not in done["error"] and "Traceback" not in done["error"]
     for reason in reasons:
         assert reason in done["error"], done["error"]
+
+
+def test_postgres_redis_worker_reads_the_uploads(pg_server, digits_bundle):
+    """The API and a separate `bitalloc worker` share only the data folder and the
+    database: the worker finds the uploaded files from the rows."""
+    api = pg_server.client()
+    files = _digits_files(digits_bundle)
+    tag = uuid.uuid4().hex[:6]
+    for what, filename, content, fields in (
+            ("models", "cnn.safetensors", files["weights"], {"architecture": "digits-cnn"}),
+            ("datasets", "calib.safetensors", files["calib"], {})):
+        r = api.post(f"/v1/{what}", files={"file": (filename, content)},
+                     data={"name": f"{what}-{tag}", **fields})
+        assert r.status_code == 201, r.text
+    r = api.post("/v1/jobs", json={**CHEAP, "model": f"models-{tag}", "dataset": f"datasets-{tag}"})
+    assert r.status_code == 202, r.text
+    done = _finish(pg_server, {"pg": (r.json()["id"], time.monotonic())}, "pg")
+    assert done["status"] == "succeeded", done["error"]
+    result = api.get(f"/v1/jobs/{done['id']}/result").json()
+    assert result["model"]["name"] == f"models-{tag}" and len(result["layers"]) == 7
