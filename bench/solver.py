@@ -7,6 +7,11 @@ per weight, and three budgets at once (avg_bits, size_bytes, bops). Pair terms:
 window 2, P_ij(b_i, b_j) = ρ · sqrt(Ω_i(b_i) Ω_j(b_j)) with ρ uniform in ±0.2.
 
     .venv/bin/python bench/solver.py            # prints a table, writes bench/results/solver.json
+    .venv/bin/python bench/solver.py --previous OLD.json   # adds ratios against an earlier run
+
+A last check times the watchdog: pair terms (i, i+1) and (i, i+3) (window 3, outside
+the pair-chain dynamic program, so the integer program runs) under ``--limit-check``
+seconds; the solve must come back within that limit plus the watchdog's grace.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def bits_per_weight(bits: int, group: int = 128) -> float:
     return bits + (16 + bits) / group if bits < 16 else 16.0
 
 
-def synthetic(n: int, *, pairs: bool, seed: int = 0) -> Problem:
+def synthetic(n: int, *, pairs: bool, seed: int = 0, offsets: tuple[int, ...] = (1, 2)) -> Problem:
     rng = np.random.default_rng(seed)
     params = np.exp(rng.uniform(np.log(1e4), np.log(1e7), n)).astype(int)
     trace = np.exp(rng.normal(0.0, 1.5, n))
@@ -70,7 +75,7 @@ def synthetic(n: int, *, pairs: bool, seed: int = 0) -> Problem:
     terms = []
     if pairs:
         for i in range(n):
-            for j in (i + 1, i + 2):
+            for j in (i + offset for offset in offsets):
                 if j < n:
                     rho = rng.uniform(-0.2, 0.2)
                     values = rho * np.sqrt(np.outer(omega[i], omega[j]))
@@ -128,8 +133,12 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=60.0, help="per solve, seconds")
     parser.add_argument("--sweep-layers", type=int, default=1000)
     parser.add_argument("--sweep-points", type=int, default=64)
+    parser.add_argument("--limit-check", type=float, default=5.0, help="seconds; 0 to skip")
+    parser.add_argument("--previous", type=Path, help="an earlier results JSON: print ratios against it")
     args = parser.parse_args()
     backends = [b for b in args.backends if backend_available(b)]
+    previous = json.loads(args.previous.read_text()) if args.previous else None
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     rows = []
     print(
@@ -156,11 +165,23 @@ def main() -> None:
                     "seconds": round(allocation.solve_time_s, 3),
                     "cpu_seconds": round(cpu, 3),
                 }
+                before = _previous_row(previous, row)
+                if before:
+                    row["previous_seconds"] = before["seconds"]
+                    row["previous_cpu_seconds"] = before["cpu_seconds"]
                 rows.append(row)
                 gap = f"{row['gap']:.1e}" if row["gap"] is not None else "-"
+                ratio = (
+                    f"  (was {before['seconds']:.3f} s, {before['cpu_seconds']:.3f} CPU s: "
+                    f"{before['seconds'] / max(row['seconds'], 1e-9):.1f}x, "
+                    f"{before['cpu_seconds'] / max(cpu, 1e-9):.1f}x)"
+                    if before
+                    else ""
+                )
                 print(
                     f"{n:>6} {row['pairs']:>5} {backend:>7} {row['status']:>9} "
-                    f"{row['certificate'] or '-':>6} {gap:>9} {row['seconds']:>8.3f} {cpu:>8.3f}"
+                    f"{row['certificate'] or '-':>6} {gap:>9} {row['seconds']:>8.3f} {cpu:>8.3f}{ratio}",
+                    flush=True,
                 )
 
     problem = synthetic(args.sweep_layers, pairs=False)
@@ -178,18 +199,66 @@ def main() -> None:
     print(
         f"pareto sweep: {sweep['points_requested']} limits on {sweep['layers']} layers -> "
         f"{sweep['frontier_points']} frontier points ({sweep['optimal_points']} optimal) in {seconds:.2f} s "
-        f"({cpu:.2f} s CPU)"
+        f"({cpu:.2f} s CPU)",
+        flush=True,
     )
+    if previous and previous.get("pareto"):
+        before = previous["pareto"]
+        sweep["previous_seconds"], sweep["previous_cpu_seconds"] = before["seconds"], before["cpu_seconds"]
+        print(
+            f"  (was {before['seconds']:.2f} s, {before['cpu_seconds']:.2f} CPU s: "
+            f"{before['seconds'] / seconds:.1f}x, {before['cpu_seconds'] / max(cpu, 1e-9):.1f}x)"
+        )
+
+    limit_check = None
+    if args.limit_check > 0:
+        problem = synthetic(args.sweep_layers, pairs=True, offsets=(1, 3))
+        start = time.perf_counter()
+        allocation = solve(problem, time_limit_s=args.limit_check)
+        seconds = time.perf_counter() - start
+        limit_check = {
+            "layers": args.sweep_layers,
+            "pairs": len(problem.pairs),
+            "offsets": [1, 3],
+            "time_limit_s": args.limit_check,
+            "status": allocation.status,
+            "gap": allocation.gap,
+            "seconds": round(seconds, 3),
+        }
+        gap = f"{allocation.gap:.1e}" if allocation.gap is not None else "-"
+        print(
+            f"time limit check: {args.sweep_layers} layers, pairs (i, i+1), (i, i+3), "
+            f"time_limit_s={args.limit_check:g}: {allocation.status}, gap {gap}, {seconds:.2f} s"
+        )
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     RESULTS.write_text(
         json.dumps(
-            {"machine": {**machine(), "load_avg_1min": load}, "solve": rows, "pareto": sweep}, indent=2
+            {
+                "machine": {**machine(), "load_avg_1min": load, "load_avg_1min_start": load_start},
+                "solve": rows,
+                "pareto": sweep,
+                "limit_check": limit_check,
+            },
+            indent=2,
         )
     )
-    print(f"load average (1 min) at the end: {load}")
+    print(f"load average (1 min): {load_start} at the start, {load} at the end")
     print(f"wrote {RESULTS}")
+
+
+def _previous_row(previous: dict | None, row: dict) -> dict | None:
+    if not previous:
+        return None
+    return next(
+        (
+            r
+            for r in previous.get("solve", [])
+            if (r["layers"], r["pairs"], r["backend"]) == (row["layers"], row["pairs"], row["backend"])
+        ),
+        None,
+    )
 
 
 if __name__ == "__main__":
