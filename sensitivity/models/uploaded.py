@@ -31,7 +31,7 @@ from sensitivity.data.corpus import load_corpus
 from sensitivity.data.digits import load_digits_split
 from sensitivity.data.uploaded import read_tensors, read_texts, split_rows
 from sensitivity.models import BUILTIN_MODELS, load_model
-from sensitivity.models.weights import load_strict, read_state_dict
+from sensitivity.models.weights import WeightsMismatch, load_strict, read_state_dict
 from sensitivity.output_loss import CrossEntropyOutput
 from sensitivity.sources import DataSource, ModelSource
 
@@ -87,9 +87,10 @@ def _digits(name: str, architecture: str, weights, data: DataSource | None) -> M
     try:
         bundle = import_module(BUILTIN_MODELS[architecture][0]).load(
             weights=weights, calibration=calibration)
-    except ValueError as exc:  # WeightsMismatch names the keys; say whose weights
-        raise ValueError(f"model {name!r}: {exc}") from None
-    test_images = int(bundle.info.get("eval_samples") or load_digits_split().x_test.shape[0])
+    except WeightsMismatch as exc:  # it names the keys; say whose weights they are
+        reason = str(exc).removeprefix(f"{architecture}: ")
+        raise WeightsMismatch(f"model {name!r} ({architecture}): {reason}") from None
+    test_images = len(load_digits_split().y_test)
     bundle.info.update(
         calibration=note,
         evaluation=f"accuracy: top-1 accuracy (%) on the built-in held-out scikit-learn digits "
