@@ -86,6 +86,15 @@ def test_uploaded_digits_weights_and_data(digits_files, digits_bundle):
     assert "self-distillation" in unlabelled.info["calibration"]
 
 
+def test_builtin_model_with_an_uploaded_dataset(digits_files, digits_bundle):
+    bundle = load_bundle("digits-cnn", None, DataSource("calib", "safetensors",
+                                                        digits_files["calib"]))
+    assert bundle.info["source"] == "built-in digits-cnn"
+    assert [b["x"].shape[0] for b in bundle.calibration] == [32]
+    assert _key(bundle) != _key(digits_bundle)
+    assert _key(bundle) == _key(_digits(digits_files))  # the same weights, uploaded
+
+
 def test_cache_key_follows_uploaded_weights_and_data(digits_files):
     base = _key(_digits(digits_files))
     assert _key(_digits(digits_files)) == base
