@@ -9,9 +9,11 @@ window 2, P_ij(b_i, b_j) = ρ · sqrt(Ω_i(b_i) Ω_j(b_j)) with ρ uniform in ±
     .venv/bin/python bench/solver.py            # prints a table, writes bench/results/solver.json
     .venv/bin/python bench/solver.py --previous OLD.json   # adds ratios against an earlier run
 
-A last check times the watchdog: pair terms (i, i+1) and (i, i+3) (window 3, outside
-the pair-chain dynamic program, so the integer program runs) under ``--limit-check``
-seconds; the solve must come back within that limit plus the watchdog's grace.
+Two more rows on ``--sweep-layers`` layers: window 3 (pairs (i, i+1), (i, i+2), (i, i+3),
+343 states in the pair-chain dynamic program), and a watchdog check: pairs (i, i+1) and
+(i, i+4) (window 4, 2,401 states: outside the dynamic program, so the integer program
+runs) under ``--limit-check`` seconds; that solve must come back within the limit plus
+the watchdog's grace.
 """
 
 from __future__ import annotations
@@ -210,16 +212,37 @@ def main() -> None:
             f"{before['seconds'] / seconds:.1f}x, {before['cpu_seconds'] / max(cpu, 1e-9):.1f}x)"
         )
 
+    problem = synthetic(args.sweep_layers, pairs=True, offsets=(1, 2, 3))
+    cpu = cpu_seconds()
+    allocation = solve(problem, time_limit_s=args.time_limit)
+    cpu = cpu_seconds() - cpu
+    window3 = {
+        "layers": args.sweep_layers,
+        "pairs": len(problem.pairs),
+        "offsets": [1, 2, 3],
+        "status": allocation.status,
+        "certificate": allocation.certificate,
+        "gap": allocation.gap,
+        "seconds": round(allocation.solve_time_s, 3),
+        "cpu_seconds": round(cpu, 3),
+    }
+    gap = f"{allocation.gap:.1e}" if allocation.gap is not None else "-"
+    print(
+        f"window 3: {args.sweep_layers} layers, {len(problem.pairs)} pairs (i, i+1..3): {allocation.status} "
+        f"({allocation.certificate or '-'}), gap {gap}, {allocation.solve_time_s:.2f} s ({cpu:.2f} s CPU)",
+        flush=True,
+    )
+
     limit_check = None
     if args.limit_check > 0:
-        problem = synthetic(args.sweep_layers, pairs=True, offsets=(1, 3))
+        problem = synthetic(args.sweep_layers, pairs=True, offsets=(1, 4))
         start = time.perf_counter()
         allocation = solve(problem, time_limit_s=args.limit_check)
         seconds = time.perf_counter() - start
         limit_check = {
             "layers": args.sweep_layers,
             "pairs": len(problem.pairs),
-            "offsets": [1, 3],
+            "offsets": [1, 4],
             "time_limit_s": args.limit_check,
             "status": allocation.status,
             "gap": allocation.gap,
@@ -227,7 +250,7 @@ def main() -> None:
         }
         gap = f"{allocation.gap:.1e}" if allocation.gap is not None else "-"
         print(
-            f"time limit check: {args.sweep_layers} layers, pairs (i, i+1), (i, i+3), "
+            f"time limit check: {args.sweep_layers} layers, pairs (i, i+1), (i, i+4), "
             f"time_limit_s={args.limit_check:g}: {allocation.status}, gap {gap}, {seconds:.2f} s"
         )
 
@@ -239,6 +262,7 @@ def main() -> None:
                 "machine": {**machine(), "load_avg_1min": load, "load_avg_1min_start": load_start},
                 "solve": rows,
                 "pareto": sweep,
+                "window3": window3,
                 "limit_check": limit_check,
             },
             indent=2,

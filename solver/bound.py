@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from solver.chain import BANDWIDTH, Chain, bandwidth
+from solver.chain import Chain, fits
 from solver.compiled import Compiled
 
 _ITERATIONS = 200
@@ -149,7 +149,7 @@ def lagrangian_bound(
     scale = float(np.nanmean(np.nanmax(spread, axis=1))) or 1.0
     wn = (c.omega - base[:, None]) / scale
     offset = float(base.sum())
-    chain = Chain(c, scale) if c.pairs and bandwidth(c) <= BANDWIDTH else None
+    chain = Chain(c, scale) if c.pairs and fits(c) else None
     # with a chain of pair terms the dynamic program gives the exact bound at the end;
     # the cheap pair-free relaxation only finds multipliers to start it from
     separable = _Separable(c.with_omega(c.omega) if chain else c, wn, scale)

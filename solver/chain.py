@@ -1,17 +1,20 @@
 """Exact minimisation of unary plus pair costs when every pair is near in unit order.
 
-When each pair block joins units ``u < v`` with ``v - u <= 2`` (the window-2 pair
-terms of a layer chain), the pair graph has bandwidth 2 and
+When each pair block joins units ``u < v`` with ``v - u <= w`` (the window-w pair
+terms of a layer chain), the pair graph has bandwidth w and
 
     min_x Σ_u m[u, x_u] + Σ_(u,v) P_uv[x_u, x_v]
 
-is a dynamic program over the choices of the last two units (C² states, C³ work
-per unit). It is exact, so with m = Ω + λ·cost it gives the Lagrangian dual of the
-budgets with nothing lost to the pair terms, and its min-marginals (the best cost
-with one unit's choice fixed) are the strongest reduced costs for eliminating
-options. Every routine takes a batch of unary tables (B, U, C) at once: the Python
-loop over units is what costs, so several multipliers are evaluated for about the
-price of one.
+is a dynamic program over the choices of the last w units (C^w states, C^(w+1) work
+per unit; w = 2 and 7 choices: 49 states). It is exact, so with m = Ω + λ·cost it
+gives the Lagrangian dual of the budgets with nothing lost to the pair terms, and its
+min-marginals (the best cost with one unit's choice fixed) are the strongest reduced
+costs for eliminating options. ``minimise`` takes a batch of unary tables (B, U, C):
+the Python loop over units is what costs, so several multipliers are evaluated for
+about the price of one.
+
+The recursion starts from w dummy units before unit 0, each with one choice (index 0)
+and no cost, so every step has the same shape.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 from solver.compiled import Compiled
 
-BANDWIDTH = 2
+MAX_STATES = 343  # C^w: window 3 with 7 choices, window 2 with up to 18
 BIG = 1e30  # stands for +inf (an invalid option) without inf - inf in the passes
 
 
@@ -28,72 +31,92 @@ def bandwidth(c: Compiled) -> int:
     return max((p.v - p.u for p in c.pairs), default=0)
 
 
+def fits(c: Compiled) -> bool:
+    """Whether the pair terms of ``c`` are a chain this module solves in reasonable time."""
+    return c.omega.shape[1] ** max(bandwidth(c), 1) <= MAX_STATES
+
+
 class Chain:
-    """The pair blocks of ``c`` laid out for the dynamic program (needs bandwidth <= 2)."""
+    """The pair blocks of ``c`` laid out for the dynamic program."""
 
     def __init__(self, c: Compiled, scale: float = 1.0):
-        if bandwidth(c) > BANDWIDTH:
-            raise ValueError(f"pair terms span more than {BANDWIDTH} units in order")
+        if not fits(c):
+            raise ValueError(
+                f"pair terms span {bandwidth(c)} units in order: {c.omega.shape[1]}^{bandwidth(c)} "
+                f"states is over {MAX_STATES}"
+            )
         n, width = c.omega.shape
-        self.n, self.width = n, width
+        w = max(bandwidth(c), 1)
+        self.n, self.width, self.w = n, width, w
         self.valid = np.isfinite(c.omega)
-        # p1[v]: block (v - 1, v); p2[v]: block (v - 2, v); rows index the earlier unit
-        self.p1 = np.zeros((n, width, width))
-        self.p2 = np.zeros((n, width, width))
+        # blocks[d, v]: block (v - d, v), rows index the earlier unit (zero when absent)
+        blocks = np.zeros((w + 1, n, width, width))
         for p in c.pairs:
-            (self.p1 if p.v - p.u == 1 else self.p2)[p.v] += p.values / scale
+            blocks[p.v - p.u, p.v] += p.values / scale
+        self.far = blocks[w]  # (n, C, C): the pair that leaves the state at each step
+        # far as a (w + 1)-axis tensor over (a_(v-w), ..., a_v)
+        self.far_b = self.far.reshape((n, width) + (1,) * (w - 1) + (width,))
+        # near[v] over the state (a_(v-w+1), ..., a_v): the pairs (v - d, v) with d < w
+        near = np.zeros((n,) + (width,) * w)
+        for d in range(1, w):
+            shape = [n] + [1] * w
+            shape[w - d] = width
+            shape[w] = width
+            near = near + blocks[d].reshape(shape)
+        self.near = near
 
     def _unary(self, m: np.ndarray) -> np.ndarray:
         return np.where(self.valid[None], np.minimum(m, BIG), BIG)
 
+    def _start(self, b: int) -> np.ndarray:
+        state = np.full((b,) + (self.width,) * self.w, BIG)
+        state[(slice(None),) + (0,) * self.w] = 0.0
+        return state
+
+    def _forward(self, m: np.ndarray) -> list[np.ndarray]:
+        """F[v][b, a_(v-w+1), ..., a_v]: best cost of units 0..v with the last w fixed."""
+        b, w = m.shape[0], self.w
+        unary = m.reshape((b, self.n) + (1,) * (w - 1) + (self.width,))
+        state = self._start(b)
+        out = []
+        for v in range(self.n):
+            state = (state[..., None] + self.far_b[v]).min(axis=1) + self.near[v] + unary[:, v]
+            out.append(state)
+        return out
+
     def minimise(self, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Best value and assignment for each unary table in the batch ``m`` (B, U, C)."""
         m = self._unary(m)
-        b = m.shape[0]
+        b, w, n = m.shape[0], self.w, self.n
         rows = np.arange(b)
-        if self.n == 1:
-            assign = np.argmin(m[:, 0], axis=1)[:, None]
-            return m[rows, 0, assign[:, 0]], assign
         forward = self._forward(m)
         last = forward[-1].reshape(b, -1)
         flat = np.argmin(last, axis=1)
         value = last[rows, flat]
-        assign = np.empty((b, self.n), dtype=int)
-        assign[:, -2], assign[:, -1] = np.divmod(flat, self.width)
-        for v in range(self.n - 1, 1, -1):
-            # a[v-2] = argmin_a F[v-1][a, a[v-1]] + p2[v][a, a[v]]
-            f = forward[v - 1][rows, :, assign[:, v - 1]]  # (B, C)
-            assign[:, v - 2] = np.argmin(f + self.p2[v][:, assign[:, v]].T, axis=1)
-        return value, assign
-
-    def _forward(self, m: np.ndarray) -> list[np.ndarray]:
-        """F[v][b, a_(v-1), a_v]: best cost of units 0..v with the last two fixed (F[0] unused)."""
-        f = m[:, 0, :, None] + self.p1[1][None] + m[:, 1, None, :]
-        out = [f, f]
-        p1, p2 = self.p1, self.p2
-        for v in range(2, self.n):
-            f = (f[:, :, :, None] + p2[v][None, :, None, :]).min(axis=1) + (p1[v][None] + m[:, v, None, :])
-            out.append(f)
-        return out
+        # full[:, w + u] is unit u; full[:, :w] the dummy units before unit 0
+        full = np.zeros((b, n + w), dtype=int)
+        full[:, n:] = np.stack(np.unravel_index(flat, (self.width,) * w), axis=1)
+        for v in range(n - 1, w - 1, -1):
+            # unit v - w: argmin_a F[v-1][a, a_(v-w+1), ..., a_(v-1)] + far[v][a, a_v]
+            index = (rows, slice(None)) + tuple(full[:, w + v - w + 1 + j] for j in range(w - 1))
+            before = forward[v - 1][index]  # (B, C)
+            full[:, v] = np.argmin(before + self.far[v][:, full[:, w + v]].T, axis=1)
+        return value, full[:, w:]
 
     def min_marginals(self, m: np.ndarray) -> np.ndarray:
         """(U, C): the best total cost with unit u at choice i, for one unary table (U, C)."""
         m = self._unary(m[None])
-        if self.n == 1:
-            return m[0]
+        w, n = self.w, self.n
         forward = self._forward(m)
-        p1, p2 = self.p1, self.p2
-        out = np.empty((self.n, self.width))
-        # G[v][a_(v-1), a_v]: best cost of what units after v add, given the last two
-        g = np.zeros((self.width, self.width))
-        both = forward[-1][0] + g
-        out[-1] = both.min(axis=0)
-        out[-2] = both.min(axis=1)
-        for v in range(self.n - 2, 0, -1):
-            step = p1[v + 1] + m[0, v + 1][None, :] + g  # (a_v, a_(v+1))
-            g = (p2[v + 1][:, None, :] + step[None, :, :]).min(axis=2)  # (a_(v-1), a_v)
-            both = forward[v][0] + g
-            out[v] = both.min(axis=0)
-            if v == 1:
-                out[0] = both.min(axis=1)
+        unary = m[0].reshape((n,) + (1,) * (w - 1) + (self.width,))
+        out = np.empty((n, self.width))
+        # G over (a_(v-w+1), ..., a_v): best cost that the units after v add
+        after = np.zeros((self.width,) * w)
+        axes = tuple(range(w - 1))
+        for v in range(n - 1, -1, -1):
+            both = forward[v][0] + after
+            out[v] = both.min(axis=axes) if axes else both
+            if v:
+                step = self.near[v] + unary[v] + after  # over (a_(v-w+1), ..., a_v)
+                after = (step[None] + self.far_b[v]).min(axis=w)
         return np.where(self.valid, np.minimum(out, BIG), np.inf)

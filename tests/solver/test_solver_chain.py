@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 from solver_random import random_problem
 
-from solver.chain import Chain, bandwidth
+from solver.chain import Chain, bandwidth, fits
 from solver.compiled import Compiled, PairBlock
 from solver.ilp import solve
 
 
-def _chain_problem(rng, n: int, width: int) -> Compiled:
+def _chain_problem(rng, n: int, width: int, window: int = 2) -> Compiled:
     omega = rng.normal(size=(n, width))
     if width > 1 and n > 1:
         omega[rng.integers(n), rng.integers(width)] = np.inf  # a unit with fewer choices
     pairs = tuple(
         PairBlock(u, v, rng.normal(size=(width, width)))
         for u in range(n)
-        for v in (u + 1, u + 2)
+        for v in range(u + 1, u + window + 1)
         if v < n and rng.random() < 0.7
     )
     return Compiled(
@@ -38,10 +38,11 @@ def _chain_problem(rng, n: int, width: int) -> Compiled:
     )
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_chain_matches_enumeration(seed):
     rng = np.random.default_rng(seed)
-    c = _chain_problem(rng, int(rng.integers(1, 7)), int(rng.integers(1, 4)))
+    window = (1, 2, 3)[seed % 3]
+    c = _chain_problem(rng, int(rng.integers(1, 7)), int(rng.integers(1, 4)), window)
     n, width = c.omega.shape
     chain = Chain(c)
     unaries = np.stack([c.omega, c.omega + rng.normal(size=c.omega.shape)])
@@ -61,11 +62,11 @@ def test_chain_matches_enumeration(seed):
         assert np.allclose(mm[np.isfinite(mm)], marginal[np.isfinite(marginal)])
 
 
-def test_wider_pairs_are_refused():
-    c = _chain_problem(np.random.default_rng(0), 4, 2)
-    wide = c.with_omega(c.omega, (PairBlock(0, 3, np.ones((2, 2))),))
-    assert bandwidth(wide) == 3
-    with pytest.raises(ValueError, match="span more than 2"):
+def test_too_many_states_are_refused():
+    c = _chain_problem(np.random.default_rng(0), 6, 7)
+    wide = c.with_omega(c.omega, (PairBlock(0, 4, np.ones((7, 7))),))
+    assert bandwidth(wide) == 4 and not fits(wide)
+    with pytest.raises(ValueError, match="states is over"):
         Chain(wide)
 
 
