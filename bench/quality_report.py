@@ -15,21 +15,20 @@ LOWER_IS_BETTER = {"test_loss"}
 RECOMMENDATION = """\
 **Default: `fisher` with `tol=0.1, max_probes=30`** (the settings measured here), in place of `hawq_v2`.
 
-- Same quality as `hawq_v2`: identical allocations on digits-cnn and minilm at every budget; on
-  digits-vit mean accuracy drop 0.48 against 0.56 and mean test loss 0.163 against 0.161 (within
-  one or two of the 540 test samples).
-- A fraction of the cost: 1.0 s against 8.2 s (digits-cnn) and 1.1 s against 29.9 s (digits-vit),
+- As good as `hawq_v2` or better: mean accuracy drop 0.30 against 0.37 (digits-cnn) and 0.48
+  against 0.56 (digits-vit), the same allocations on minilm (mean cosine drop 9.51 both).
+- A fraction of the cost: 0.3 s against 4.3 s (digits-cnn) and 0.7 s against 6.4 s (digits-vit),
   one backward per probe for all layers instead of one Hessian-vector product per layer; on minilm
   (zero-residual self-distillation, where `hawq_v2`'s `auto` engine is already the Gauss–Newton
-  computation) 32 s against 36 s. Never negative.
-- `empirical` is the strongest alternative: best mean drop on minilm (8.29 against 9.51) and best
-  at 3 bits on digits-cnn, but the worst real method on digits-vit (mean drop 0.96, test loss 0.183)
-  and 6.5× `fisher`'s time on minilm (one forward per layer and width). Offer it, not as default.
+  computation) 5.4 s against 5.6 s. Never negative.
+- `empirical` is the strongest alternative: best mean drop on minilm (8.29 against 9.51), tied with
+  `fisher` on digits-cnn, but the worst real method on digits-vit (mean drop 0.96, test loss 0.183)
+  and 11× `fisher`'s time on minilm (one forward per layer and width). Offer it, not as default.
 - `interlayer` (Hessian pairs) is marginally better than `hawq_v2` on minilm (9.39 against 9.51) at
-  5.5× the sensitivity time and 9 s solves; not worth it as a default. Its `pairs="measured"` mode
-  is harmful as implemented: measured interactions next to second-order single-layer Ω give large
-  negative pair terms for pairs that include an already-broken layer, and the solver buys them
-  (predicted ΣΩ < 0; 58–61% accuracy on digits-cnn).
+  21× the sensitivity time, and worse on both digits models; not worth it as a default. With
+  `pairs="measured"` it measures its per-layer terms too (Ω_i + Ω_j + G_ij is then the measured
+  loss change of the pair): best mean drop on digits-cnn (0.15), 0.85 on digits-vit, and not
+  affordable on minilm (a forward per pair and width pair).
 - Not as defaults: `hawq_v1` (below random on minilm at 3, 4 and 5 bits; one eigen-direction does
   not describe a layer's error; run with a loose 10-iteration cap there) and `lrp` (cheapest and
   best on digits-vit, but q/k projections get no relevance under the AttnLRP rules, and on minilm it
