@@ -16,7 +16,8 @@ EXIT_FAILED = 1
 def _settings(args: argparse.Namespace) -> Settings:
     """Flags win over the environment; they are exported so a child worker sees them."""
     for flag, env in (("data", "BITALLOC_DATA"), ("host", "BITALLOC_HOST"),
-                      ("port", "BITALLOC_PORT"), ("concurrency", "BITALLOC_WORKER_CONCURRENCY")):
+                      ("port", "BITALLOC_PORT"), ("concurrency", "BITALLOC_WORKER_CONCURRENCY"),
+                      ("workers", "BITALLOC_API_WORKERS")):
         value = getattr(args, flag, None)
         if value is not None:
             os.environ[env] = str(value)
@@ -83,6 +84,7 @@ def add_service_commands(sub) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--data", help="data folder (default $BITALLOC_DATA or ./data)")
     p.add_argument("--no-worker", action="store_true", help="API only")
+    p.add_argument("--workers", type=int, help="API processes (default 1; $BITALLOC_API_WORKERS)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("worker", help="run a job worker")

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL"))
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # API processes `bitalloc serve` runs on one port (one for an in-memory database);
+    # the per-key rate limit is split between them, so a key never gets more in all
+    api_workers: int = Field(1, ge=1, le=64)
+    # a line per request on stdout (requests are counted by route and status in
+    # /metrics either way): off by default, it took ~8% of a busy API process
+    access_log: bool = False
     queue: str = Field("bitalloc", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
 
     # uploads
@@ -52,6 +58,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(100, ge=1)
     max_active_jobs_per_tenant: int = Field(20, ge=0)
     max_json_body_bytes: int = Field(1 * MiB, ge=1024)
+    # how long an API process trusts a key it has checked (0: look it up every time);
+    # a key revoked by another process stops working within this time
+    auth_cache_ttl_s: float = Field(5.0, ge=0, le=300)
     # browser origins allowed to call the API (CORS); empty: no CORS headers at all
     cors_origins: list[str] = Field(default_factory=list, max_length=100)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager
 
+import anyio
 import sqlalchemy.exc
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -15,10 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from service import crud, dashboard
 from service.api.main import api_router
 from service.api.routes import health
+from service.auth import KeyCache
 from service.broker import make_celery
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade
-from service.db.session import session_factory
+from service.db.session import READ_THREADS, get_engine, session_factory
 from service.jobs import SubmitError
 from service.limits import RateLimiter
 from service.metrics import Metrics
@@ -26,6 +29,15 @@ from service.uploads import UploadError
 
 DESCRIPTION = """Mixed-precision bit allocation as a service: submit a model and a budget,
 get the bit width of every layer. Every route but health needs `Authorization: Bearer <key>`."""
+
+
+# FastAPI's OpenTelemetry hooks cost every request a few checks even with nothing
+# configured; they stay on when OpenTelemetry is set up through the environment
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+
+
+def _otel_configured() -> bool:
+    return any(k.startswith("OTEL_") or k == "FASTAPI_OTEL_AUTO_CONFIGURE" for k in os.environ)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,12 +48,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(upgrade, settings.db_url)
         yield
 
-    app = FastAPI(title="bitalloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="bitalloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  telemetry=None if _otel_configured() else NO_TELEMETRY)
     app.state.settings = settings
+    app.state.engine = get_engine(settings.db_url)
     app.state.sessions = session_factory(settings.db_url)
+    # status reads waiting on a database server: no more at once than pooled connections
+    app.state.read_limiter = anyio.CapacityLimiter(READ_THREADS)
     app.state.celery = make_celery(settings)
     app.state.metrics = Metrics(app.state.sessions)
-    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    # each of `api_workers` processes holds its share of every key's rate limit
+    share = settings.api_workers
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s / share,
+                                         max(1, settings.rate_limit_burst // share))
+    app.state.key_cache = KeyCache(settings.auth_cache_ttl_s)
     app.add_middleware(_LimitJsonBody, max_bytes=settings.max_json_body_bytes)
     app.add_middleware(_Wrap, wrap=app.state.metrics.middleware)
     if settings.cors_origins:

@@ -4,6 +4,7 @@ embedded worker process (restarted if it dies), then serve the API."""
 from __future__ import annotations
 
 import ctypes
+import http.client
 import logging
 import os
 import signal
@@ -118,6 +119,29 @@ def _announce(server, text: str) -> None:
         print(text, flush=True)
 
 
+def _announce_when_healthy(settings: Settings, text: str, stop: threading.Event) -> None:
+    """The same for several API processes: once one of them answers /healthz."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    while not stop.is_set():
+        try:
+            conn = http.client.HTTPConnection(host, settings.port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                print(text, flush=True)
+                return
+        except OSError:
+            pass
+        stop.wait(0.2)
+
+
+def api_processes(settings: Settings) -> int:
+    """How many API processes to run: `api_workers`, but one for an in-memory
+    database (each process would have its own)."""
+    if ":memory:" in settings.db_url or "mode=memory" in settings.db_url:
+        return 1
+    return settings.api_workers
+
+
 def serve(settings: Settings, with_worker: bool = True) -> None:
     import uvicorn
 
@@ -130,12 +154,16 @@ def serve(settings: Settings, with_worker: bool = True) -> None:
     worker = WorkerProcess() if with_worker else None
     if worker is not None:
         worker.start()
+    text = banner(settings, key)
     try:
+        processes = api_processes(settings)
+        if processes > 1:
+            _serve_processes(settings, processes, text)
+            return
         config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                log_level="info")
+                                log_level="info", access_log=settings.access_log)
         server = uvicorn.Server(config)
-        threading.Thread(target=_announce, args=(server, banner(settings, key)),
-                         daemon=True).start()
+        threading.Thread(target=_announce, args=(server, text), daemon=True).start()
         # uvicorn re-raises SIGTERM after its graceful shutdown; exit through
         # `finally` then, so the worker is stopped too
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -143,3 +171,23 @@ def serve(settings: Settings, with_worker: bool = True) -> None:
     finally:
         if worker is not None:
             worker.stop()
+
+
+def _serve_processes(settings: Settings, processes: int, text: str) -> None:
+    """`processes` API processes on one socket, each building the app from the
+    environment (`bitalloc serve` exported its flags there); the supervisor
+    replaces one that dies, and returns on SIGTERM or SIGINT once all have stopped."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config("service.main:create_app", factory=True, host=settings.host,
+                            port=settings.port, workers=processes, log_level="info",
+                            access_log=settings.access_log)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    stop = threading.Event()
+    threading.Thread(target=_announce_when_healthy, args=(settings, text, stop),
+                     daemon=True).start()
+    try:
+        supervisor.run()
+    finally:
+        stop.set()

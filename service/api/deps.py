@@ -10,8 +10,10 @@ from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from fastapi.security import HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from service import crud
 from service.auth import MAX_KEY_LENGTH, hash_key
@@ -39,24 +41,47 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
-bearer = HTTPBearer(auto_error=False, description="an API key: `bitalloc keys create --tenant "
-                                                  "NAME` makes one; `bitalloc serve` prints one")
+class _Bearer(HTTPBearer):
+    """`Authorization: Bearer <key>` → the key, or None; documented in OpenAPI as
+    HTTPBearer. Leaner than FastAPI's (no credentials model per request): it runs
+    on every status poll."""
+
+    async def __call__(self, request: HTTPConnection) -> str | None:  # type: ignore[override]
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        return key or None if scheme.lower() == "bearer" else None
 
 
-def get_tenant(request: Request, session: SessionDep, credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Tenant:
+bearer = _Bearer(auto_error=False, scheme_name="HTTPBearer",
+                 description="an API key: `bitalloc keys create --tenant NAME` makes one; "
+                             "`bitalloc serve` prints one")
+
+
+async def get_tenant(request: Request, key: Annotated[str | None, Depends(bearer)]) -> Tenant:
+    """The key's tenant: from the app's key cache, else from the database (in a
+    thread), then the key's rate limit. The tenant is detached: use its id."""
     def refuse(reason: str) -> HTTPException:
         return HTTPException(status.HTTP_401_UNAUTHORIZED, reason,
                              headers={"WWW-Authenticate": "Bearer"})
 
-    if credentials is None:
+    if key is None:
         raise refuse("missing API key: send `Authorization: Bearer <key>`")
-    key = credentials.credentials
-    tenant = None if len(key) > MAX_KEY_LENGTH else crud.tenant_for_key(session, key)
-    if tenant is None:
+    if len(key) > MAX_KEY_LENGTH:
         raise refuse("invalid or revoked API key")
-    request.app.state.rate_limiter.check(hash_key(key))
+    key_hash = hash_key(key)
+    state = request.app.state
+    tenant = state.key_cache.get(key_hash)
+    if tenant is None:
+        tenant = await run_in_threadpool(_lookup_key, state.sessions, key_hash)
+        if tenant is None:
+            raise refuse("invalid or revoked API key")
+        state.key_cache.put(key_hash, tenant)
+    state.rate_limiter.check(key_hash)
     return tenant
+
+
+def _lookup_key(sessions: sessionmaker[Session], key_hash: str) -> Tenant | None:
+    with sessions() as session:
+        return crud.tenant_for_key_hash(session, key_hash)
 
 
 TenantDep = Annotated[Tenant, Depends(get_tenant)]

@@ -8,10 +8,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[tuple[str, int], Engine] = {}
+# connections kept per engine: the API's status reads use up to READ_THREADS at once
+# (PostgreSQL), and a connection opened beyond the pool is closed again after use
+POOL_SIZE = 10
+READ_THREADS = 8
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -25,13 +29,16 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(url).database
+        pool = {}
+        if path and path != ":memory:" and "mode=memory" not in url:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            pool = {"pool_size": POOL_SIZE, "max_overflow": 30}
+        engine = create_engine(url, **pool,
+                               connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=10,
                          connect_args={"connect_timeout": 5})
 
 
