@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from sensitivity.bundle import Batch, ModelBundle
-from sensitivity.models.minilm import paraphrase_recall_at_1
+from sensitivity.data.corpus import load_corpus
 from sensitivity.output_loss import SquaredErrorOutput
 
 MAX_TOKENS = 64
 CALIBRATION_BATCH = 16
 EVAL_BATCH = 64
+CORPUS_CALIBRATION_EVERY = 20  # every 20th corpus sentence calibrates: 16 of 320, one batch
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -68,6 +69,33 @@ def token_batch(ids: torch.Tensor, mask: torch.Tensor, inputs: Sequence[str]) ->
 def chunks(batch: Batch, size: int) -> list[Batch]:
     n = batch["input_ids"].shape[0]
     return [{k: v[i:i + size] for k, v in batch.items()} for i in range(0, n, size)]
+
+
+def paraphrase_recall_at_1(emb: torch.Tensor, partner: list[int]) -> float:
+    """Share of sentences whose nearest other sentence is their paraphrase (%)."""
+    sim = emb @ emb.T
+    sim.fill_diagonal_(-float("inf"))
+    return float((sim.argmax(1) == torch.tensor(partner)).float().mean()) * 100
+
+
+def corpus_batches(tokenizer, inputs: Sequence[str], max_tokens: int) -> dict:
+    """The built-in paraphrase corpus: every 20th sentence calibrates, all evaluate."""
+    corpus = load_corpus()
+    sentences = corpus.sentences
+    calib = sentences[::CORPUS_CALIBRATION_EVERY]
+    return {
+        "calibration": chunks(tokenize(tokenizer, calib, inputs, max_tokens), CALIBRATION_BATCH),
+        "evaluation": [tokenize(tokenizer, sentences[i:i + EVAL_BATCH], inputs, max_tokens)
+                       for i in range(0, len(sentences), EVAL_BATCH)],
+        "partner": corpus.partner,
+        "note": f"built-in paraphrase corpus: {len(calib)} sentences, self-distillation MSE "
+                "to the full-precision embeddings",
+        "evaluation_note": f"cosine_to_fp: mean cosine similarity (%) of the quantized model's "
+                           f"sentence embeddings to the full-precision ones on the built-in "
+                           f"paraphrase corpus ({len(sentences)} sentences); "
+                           "paraphrase_recall_at_1: share (%) whose nearest sentence is its "
+                           "paraphrase",
+    }
 
 
 def text_encoder_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],

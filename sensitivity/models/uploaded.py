@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 
 from sensitivity.bundle import Batch, ModelBundle
-from sensitivity.data.corpus import load_corpus
 from sensitivity.data.digits import load_digits_split
 from sensitivity.data.uploaded import read_tensors, read_texts, split_rows
 from sensitivity.models import BUILTIN_MODELS, load_model
@@ -40,7 +39,6 @@ DIGITS_BATCH = 256
 MAX_DIGITS_SAMPLES = 1024
 MAX_TEXT_CALIBRATION = 64
 MAX_TEXT_EVALUATION = 512
-CORPUS_CALIBRATION_EVERY = 20  # the minilm recipe: 16 of the 320 corpus sentences
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 EMBEDDING_RECIPE = "mean-pooled L2-normalised last hidden state, v1"
@@ -142,13 +140,13 @@ def digits_calibration(tensors: dict[str, torch.Tensor], dataset: str,
 def _minilm(name: str, weights, data: DataSource | None) -> ModelBundle:
     from sensitivity.models import minilm
     from sensitivity.models.hf import load_hf_encoder
-    from sensitivity.models.text_encoder import MAX_TOKENS, model_inputs
+    from sensitivity.models.text_encoder import MAX_TOKENS, corpus_batches, model_inputs
 
     model, tokenizer = load_hf_encoder(str(minilm.model_dir()))
     if weights is not None:
         load_strict(model, weights, f"model {name!r} (minilm)")
     inputs = model_inputs(model)
-    corpus = _corpus(tokenizer, inputs, MAX_TOKENS)
+    corpus = corpus_batches(tokenizer, inputs, MAX_TOKENS)
     calibration, note = corpus["calibration"], corpus["note"]
     if data is not None:
         calibration, _, note = _text_data(data, tokenizer, model, inputs, MAX_TOKENS)
@@ -162,7 +160,7 @@ def _minilm(name: str, weights, data: DataSource | None) -> ModelBundle:
 
 def _hf(name: str, source: ModelSource, data: DataSource | None) -> ModelBundle:
     from sensitivity.models.hf import load_hf_tokenizer, load_hf_upload
-    from sensitivity.models.text_encoder import MAX_TOKENS, model_inputs
+    from sensitivity.models.text_encoder import MAX_TOKENS, corpus_batches, model_inputs
 
     folder = source.path
     config_bytes = (folder / "config.json").read_bytes()
@@ -180,7 +178,7 @@ def _hf(name: str, source: ModelSource, data: DataSource | None) -> ModelBundle:
         tokenizer = _tokenizer(name, folder, load_hf_tokenizer)
     partner = None
     if data is None:
-        corpus = _corpus(tokenizer, inputs, max_tokens)
+        corpus = corpus_batches(tokenizer, inputs, max_tokens)
         calibration, evaluation = corpus["calibration"], corpus["evaluation"]
         note, partner, eval_note = corpus["note"], corpus["partner"], corpus["evaluation_note"]
     else:
@@ -226,27 +224,6 @@ def _tokenizer(name: str, folder: Path, load):
 
 
 # --- text data --------------------------------------------------------------------
-
-
-def _corpus(tokenizer, inputs, max_tokens: int) -> dict:
-    """The built-in paraphrase corpus: every 20th sentence calibrates, all evaluate."""
-    from sensitivity.models.text_encoder import CALIBRATION_BATCH, EVAL_BATCH, chunks, tokenize
-
-    sentences = load_corpus().sentences
-    calib = sentences[::CORPUS_CALIBRATION_EVERY]
-    return {
-        "calibration": chunks(tokenize(tokenizer, calib, inputs, max_tokens), CALIBRATION_BATCH),
-        "evaluation": [tokenize(tokenizer, sentences[i:i + EVAL_BATCH], inputs, max_tokens)
-                       for i in range(0, len(sentences), EVAL_BATCH)],
-        "partner": load_corpus().partner,
-        "note": f"built-in paraphrase corpus: {len(calib)} sentences, self-distillation MSE "
-                "to the full-precision embeddings",
-        "evaluation_note": f"cosine_to_fp: mean cosine similarity (%) of the quantized model's "
-                           f"sentence embeddings to the full-precision ones on the built-in "
-                           f"paraphrase corpus ({len(sentences)} sentences); "
-                           "paraphrase_recall_at_1: share (%) whose nearest sentence is its "
-                           "paraphrase",
-    }
 
 
 def _text_data(data: DataSource, tokenizer, model, inputs, max_tokens: int):
