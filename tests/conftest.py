@@ -22,3 +22,15 @@ def minilm_bundle():
     from sensitivity.models import load_model
 
     return load_model("minilm")
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny tensor ops by the thousand: on a shared 2-core box intra-op threads only
+    wait on each other, so such tests run single-threaded."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

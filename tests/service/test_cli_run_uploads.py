@@ -13,14 +13,7 @@ from sensitivity.data.digits import load_digits_split
 from service.cli import main
 
 CHEAP = ["--method", "fisher", "--budget", "avg_bits=4"]
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_run_with_weights_and_data(tmp_path, capsys, digits_bundle):
