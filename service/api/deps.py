@@ -13,7 +13,6 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import HTTPConnection
 
 from service import crud
 from service.auth import MAX_KEY_LENGTH, hash_key
@@ -41,42 +40,36 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_db)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
-class _Bearer(HTTPBearer):
-    """`Authorization: Bearer <key>` → the key, or None; documented in OpenAPI as
-    HTTPBearer. Leaner than FastAPI's (no credentials model per request): it runs
-    on every status poll."""
 
-    async def __call__(self, request: HTTPConnection) -> str | None:  # type: ignore[override]
+
+class TenantAuth(HTTPBearer):
+    """The caller's tenant, from `Authorization: Bearer <key>`: the key's tenant from
+    the app's key cache, else from the database (in a thread), then the key's rate
+    limit; 401 without a working key. One dependency that is also the OpenAPI
+    security scheme (HTTPBearer), as it runs on every status poll. The tenant is
+    detached from any session: use its id."""
+
+    async def __call__(self, request: Request) -> Tenant:  # type: ignore[override]
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        return key or None if scheme.lower() == "bearer" else None
-
-
-bearer = _Bearer(auto_error=False, scheme_name="HTTPBearer",
-                 description="an API key: `bitalloc keys create --tenant NAME` makes one; "
-                             "`bitalloc serve` prints one")
-
-
-async def get_tenant(request: Request, key: Annotated[str | None, Depends(bearer)]) -> Tenant:
-    """The key's tenant: from the app's key cache, else from the database (in a
-    thread), then the key's rate limit. The tenant is detached: use its id."""
-    def refuse(reason: str) -> HTTPException:
-        return HTTPException(status.HTTP_401_UNAUTHORIZED, reason,
-                             headers={"WWW-Authenticate": "Bearer"})
-
-    if key is None:
-        raise refuse("missing API key: send `Authorization: Bearer <key>`")
-    if len(key) > MAX_KEY_LENGTH:
-        raise refuse("invalid or revoked API key")
-    key_hash = hash_key(key)
-    state = request.app.state
-    tenant = state.key_cache.get(key_hash)
-    if tenant is None:
-        tenant = await run_in_threadpool(_lookup_key, state.sessions, key_hash)
+        if not key or scheme.lower() != "bearer":
+            raise _refuse("missing API key: send `Authorization: Bearer <key>`")
+        if len(key) > MAX_KEY_LENGTH:
+            raise _refuse("invalid or revoked API key")
+        key_hash = hash_key(key)
+        state = request.app.state
+        tenant = state.key_cache.get(key_hash)
         if tenant is None:
-            raise refuse("invalid or revoked API key")
-        state.key_cache.put(key_hash, tenant)
-    state.rate_limiter.check(key_hash)
-    return tenant
+            tenant = await run_in_threadpool(_lookup_key, state.sessions, key_hash)
+            if tenant is None:
+                raise _refuse("invalid or revoked API key")
+            state.key_cache.put(key_hash, tenant)
+        state.rate_limiter.check(key_hash)
+        return tenant
+
+
+def _refuse(reason: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, reason,
+                         headers={"WWW-Authenticate": "Bearer"})
 
 
 def _lookup_key(sessions: sessionmaker[Session], key_hash: str) -> Tenant | None:
@@ -84,6 +77,9 @@ def _lookup_key(sessions: sessionmaker[Session], key_hash: str) -> Tenant | None
         return crud.tenant_for_key_hash(session, key_hash)
 
 
+get_tenant = TenantAuth(auto_error=False, scheme_name="HTTPBearer",
+                        description="an API key: `bitalloc keys create --tenant NAME` makes "
+                                    "one; `bitalloc serve` prints one")
 TenantDep = Annotated[Tenant, Depends(get_tenant)]
 
 
