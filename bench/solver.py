@@ -221,6 +221,7 @@ def main() -> None:
         "pairs": len(problem.pairs),
         "offsets": [1, 2, 3],
         "status": allocation.status,
+        "objective": allocation.objective,
         "certificate": allocation.certificate,
         "gap": allocation.gap,
         "seconds": round(allocation.solve_time_s, 3),
@@ -245,6 +246,7 @@ def main() -> None:
             "offsets": [1, 4],
             "time_limit_s": args.limit_check,
             "status": allocation.status,
+            "objective": allocation.objective,
             "gap": allocation.gap,
             "seconds": round(seconds, 3),
         }
