@@ -116,6 +116,8 @@ class _Separable:
 
 def _weigh(lam: np.ndarray, an: np.ndarray) -> np.ndarray:
     """Σ_k λ_k · an[k] as one matrix product (np.tensordot costs more in its Python setup)."""
+    if not len(lam):
+        return np.zeros(an.shape[1:])
     return (lam @ an.reshape(len(lam), -1)).reshape(an.shape[1:])
 
 
