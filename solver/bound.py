@@ -11,6 +11,12 @@ reduced cost exceeds ``upper - L(λ)`` (with ``upper`` the Ω of any feasible
 assignment) is in no optimal solution and can be dropped. With the multipliers
 from a subgradient ascent, that leaves a small core for the integer program; often
 every unit keeps one option and the incumbent is proven optimal outright.
+
+When the pair terms form a chain of small bandwidth in unit order (``solver.chain``),
+the bound is exact instead: min over x of Ω(x) + λ·(cost(x) - rhs) by dynamic
+programming, maximised over λ one multiplier at a time, and r is the DP's
+min-marginal minus its minimum. The subgradient then runs on the pair-free problem,
+only to find multipliers to start from (its value is no bound there).
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Minimise Σ Ω[l][c]·x[l,c] (+ pair terms) over one choice per layer (tied layers
 share it), subject to every budget at once. A Lagrangian bound first drops the
-options that cannot be optimal (see ``solver.bound``); PuLP with CBC (or HiGHS)
-solves what is left. ``mip_gap`` is the relative optimality tolerance, the same
-default as HiGHS, Gurobi and CPLEX; pass 0 to prove exact optimality.
+options that cannot be optimal, and often proves the incumbent optimal outright (see
+``solver.bound``; pair terms within a few layers of each other are solved exactly by
+``solver.chain``); PuLP with CBC (or HiGHS) solves what is left, under a watchdog
+that kills it past ``time_limit_s`` (``solver.watchdog``). ``mip_gap`` is the relative
+optimality tolerance, the same default as HiGHS, Gurobi and CPLEX; pass 0 to prove
+exact optimality.
 """
 
 from __future__ import annotations
