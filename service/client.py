@@ -1,6 +1,7 @@
 """A small Python client for the REST API (standard library only), used by the
 CLI and by batch pipelines: submit, wait (with a timeout and backoff), result,
-artifact. Failures raise typed errors:
+artifact; upload and list models and calibration datasets (the file is streamed,
+never read whole). Failures raise typed errors:
 
     ClientError
     ├── ApiError             the server answered with an error (`status`, `detail`)
@@ -23,11 +24,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 FINISHED = ("succeeded", "failed", "cancelled")
+UPLOAD_CHUNK_BYTES = 1 << 20
 
 
 class ClientError(Exception):
@@ -97,6 +99,36 @@ def detail_text(detail: Any) -> str:
     return str(detail)
 
 
+def multipart_form(fields: dict[str, str], path: str | Path, *,
+                   chunk_bytes: int = UPLOAD_CHUNK_BYTES) -> tuple[str, int, Iterator[bytes]]:
+    """A multipart/form-data body of text `fields` and `path` as the `file` part:
+    (content type, content length, the body in chunks of at most `chunk_bytes`).
+    The file is opened only when the chunks are read, and read a chunk at a time."""
+    path = Path(path)
+    size = path.stat().st_size
+    boundary = f"bitalloc-{uuid.uuid4().hex}"
+    filename = path.name.replace("\\", "_").replace('"', "%22").replace("\r", "").replace("\n", "")
+    head = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n'
+                    f"{v}\r\n".encode() for k, v in fields.items())
+    head += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+             f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head
+        left = size
+        with open(path, "rb") as file:
+            while left > 0:
+                chunk = file.read(min(chunk_bytes, left))
+                if not chunk:
+                    raise ClientError(f"{path} shrank while it was being uploaded")
+                left -= len(chunk)
+                yield chunk
+        yield tail
+
+    return f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail), chunks()
+
+
 class Client:
     """`Client()` reads BITALLOC_URL and BITALLOC_API_KEY; arguments win."""
 
@@ -105,13 +137,16 @@ class Client:
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
         self.key = key or os.environ.get("BITALLOC_API_KEY")
 
-    def _open(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None):
-        data = None if body is None else json.dumps(body).encode()
+    def _open(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+              *, data: bytes | Iterable[bytes] | None = None):
+        """`body` is sent as JSON; `data` as it is (an iterable of chunks needs a
+        Content-Length and a Content-Type in `headers`)."""
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if self.key:
             req.add_header("Authorization", f"Bearer {self.key}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
@@ -128,8 +163,9 @@ class Client:
             raise Unreachable(f"cannot reach {self.url}: {reason}") from None
 
     def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        with self._open(method, path, body, headers) as resp:
+                headers: dict[str, str] | None = None, *,
+                data: bytes | Iterable[bytes] | None = None) -> tuple[int, Any]:
+        with self._open(method, path, body, headers, data=data) as resp:
             return resp.status, json.loads(resp.read() or b"null")
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None, *,
@@ -170,6 +206,40 @@ class Client:
             with open(target, "wb") as out:
                 shutil.copyfileobj(resp, out)
         return target
+
+    def upload_model(self, path: str | Path, name: str, architecture: str | None = None) -> dict:
+        """Uploads a model and returns its row (`id`, `name`, `kind`, `architecture`, …):
+        a Hugging Face folder as .zip / .tar(.gz), or with `architecture` (a built-in
+        one, e.g. digits-cnn) a .safetensors state dict. Never retried: an upload is
+        not idempotent (a second try after a lost answer may find the name taken)."""
+        fields = {"name": name} if architecture is None else {"name": name, "architecture": architecture}
+        return self._upload("/v1/models", path, fields)
+
+    def upload_dataset(self, path: str | Path, name: str) -> dict:
+        """Uploads calibration data (.safetensors with `inputs` and optional `labels`,
+        or .txt / .jsonl texts) and returns its row. Never retried, as upload_model."""
+        return self._upload("/v1/datasets", path, {"name": name})
+
+    def models(self) -> list[dict]:
+        """This tenant's uploaded models, newest first (built-in models are not listed)."""
+        return self._all("/v1/models")
+
+    def datasets(self) -> list[dict]:
+        """This tenant's uploaded calibration datasets, newest first."""
+        return self._all("/v1/datasets")
+
+    def _upload(self, endpoint: str, path: str | Path, fields: dict[str, str]) -> dict:
+        content_type, length, chunks = multipart_form(fields, path)
+        headers = {"Content-Type": content_type, "Content-Length": str(length)}
+        return self.request("POST", endpoint, headers=headers, data=chunks)[1]
+
+    def _all(self, endpoint: str, page: int = 200) -> list[dict]:
+        rows: list[dict] = []
+        while True:
+            got = self.request("GET", f"{endpoint}?limit={page}&offset={len(rows)}")[1]
+            rows += got["data"]
+            if not got["data"] or len(rows) >= got["count"]:
+                return rows
 
     def wait(self, job_id: str, *, timeout_s: float | None = None, poll_s: float = 0.5,
              max_poll_s: float = 10.0, on_update: Callable[[dict], None] | None = None,
