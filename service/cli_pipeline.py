@@ -1,5 +1,5 @@
 """The pipeline subcommands of `bitalloc`: submit (--wait), status, result,
-artifact. The server and key come from --url / --key, else BITALLOC_URL /
+artifact; upload model|dataset, models, datasets. The server and key come from --url / --key, else BITALLOC_URL /
 BITALLOC_API_KEY, else the local server and its key file. --json prints JSON
 for scripts; --wait shows a progress bar on a terminal and plain lines
 otherwise (on stderr).
@@ -144,6 +144,36 @@ def cmd_artifact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    from service.cli import UsageError
+
+    if not Path(args.file).is_file():
+        raise UsageError(f"no such file: {args.file}")
+    client = _client(args)
+    if args.kind == "model":
+        row = client.upload_model(args.file, args.name, args.architecture)
+    elif args.architecture is not None:
+        raise UsageError("--architecture is for models, not datasets")
+    else:
+        row = client.upload_dataset(args.file, args.name)
+    _out(args, row, f"{row['id']} {row['name']}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = _client(args).models()
+    _out(args, rows, "\n".join(f"{r['id']} {r['name']} {r['architecture']} ({r['kind']}, "
+                               f"{r['size_bytes']:,} bytes)" for r in rows))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    rows = _client(args).datasets()
+    _out(args, rows, "\n".join(f"{r['id']} {r['name']} ({r['format']}, {r['size_bytes']:,} bytes)"
+                               for r in rows))
+    return 0
+
+
 def _out(args: argparse.Namespace, data, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
 
@@ -183,4 +213,19 @@ def add_pipeline_commands(sub) -> None:
             p.add_argument("-o", "--output", help="write to this file instead of stdout")
         if name == "artifact":
             p.add_argument("-o", "--output", default=".", help="folder to write it in (default .)")
+        p.set_defaults(func=_guarded(func))
+
+    p = sub.add_parser("upload", help="upload a model or calibration dataset; prints its id and name")
+    p.add_argument("kind", choices=["model", "dataset"])
+    p.add_argument("file", help="model: .safetensors state dict (with --architecture) or a Hugging "
+                                "Face folder as .zip/.tar(.gz); dataset: .safetensors, .txt or .jsonl")
+    p.add_argument("--name", required=True, help="the name jobs use (letters, digits, . _ -)")
+    p.add_argument("--architecture", help="model: the built-in architecture of a state dict, "
+                                          "e.g. digits-cnn")
+    _client_options(p)
+    p.set_defaults(func=_guarded(cmd_upload))
+    for name, func, text in (("models", cmd_models, "list your uploaded models"),
+                             ("datasets", cmd_datasets, "list your uploaded calibration datasets")):
+        p = sub.add_parser(name, help=text)
+        _client_options(p)
         p.set_defaults(func=_guarded(func))
