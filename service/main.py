@@ -21,7 +21,7 @@ from service.auth import KeyCache
 from service.broker import make_celery
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade
-from service.db.session import READ_THREADS, get_engine, session_factory
+from service.db.session import READ_THREADS, get_read_engine, session_factory
 from service.jobs import SubmitError
 from service.limits import RateLimiter
 from service.metrics import Metrics
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="bitalloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
                   telemetry=None if _otel_configured() else NO_TELEMETRY)
     app.state.settings = settings
-    app.state.engine = get_engine(settings.db_url)
+    app.state.read_engine = get_read_engine(settings.db_url)
     app.state.sessions = session_factory(settings.db_url)
     # status reads waiting on a database server: no more at once than pooled connections
     app.state.read_limiter = anyio.CapacityLimiter(READ_THREADS)

@@ -64,10 +64,10 @@ async def _status_read(request: Request, tenant: Tenant, job_id: uuid.UUID, sche
     state, fields = request.app.state, tuple(schema.model_fields)
 
     def read():
-        with state.engine.connect() as conn:
+        with state.read_engine.connect() as conn:
             return crud.job_fields(conn, tenant.id, job_id, fields)
 
-    if state.engine.dialect.name == "sqlite":
+    if state.read_engine.dialect.name == "sqlite":
         row = read()
     else:
         row = await anyio.to_thread.run_sync(read, limiter=state.read_limiter)
