@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import time
 import uuid
 
 import pytest
@@ -117,6 +118,43 @@ def test_rate_limit_per_key_answers_429_with_retry_after(tmp_path):
         assert 1 <= int(r.headers["retry-after"]) <= 2
         assert c.get("/v1/jobs", headers=b).status_code == 200  # per key, not per tenant
         assert c.get("/healthz").status_code == 200
+    dispose_engines()
+
+
+def test_rate_limit_is_split_between_api_processes(tmp_path):
+    """With N API processes each holds 1/N of a key's limit: never more in all."""
+    with app_client(tmp_path, rate_limit_per_s=0.5, rate_limit_burst=4, api_workers=2) as c:
+        a = new_key(c.app.state.settings, "acme")
+        assert [c.get("/v1/jobs", headers=a).status_code for _ in range(3)] == [200, 200, 429]
+    dispose_engines()
+
+
+def test_a_revoked_key_stops_working_despite_the_key_cache(tmp_path):
+    from service import crud
+    from service.db.session import session_scope
+
+    with app_client(tmp_path, auth_cache_ttl_s=0.5) as c:
+        settings = c.app.state.settings
+        with session_scope(settings.db_url) as session:
+            here, key_here = crud.create_api_key(session, "acme")
+            there, key_there = crud.create_api_key(session, "acme")
+        for key in (key_here, key_there):  # both now cached
+            assert c.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        # revoked in this process: refused at once
+        with session_scope(settings.db_url) as session:
+            assert crud.revoke_api_key(session, here.prefix) == 1
+        r = c.get("/v1/jobs", headers={"Authorization": f"Bearer {key_here}"})
+        assert r.status_code == 401
+        # revoked by another process (`bitalloc keys revoke`; here straight in the
+        # database): refused once the cache entry expires
+        db = sqlite3.connect(settings.db_url.split("///", 1)[1])
+        db.execute("UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE prefix = ?",
+                   (there.prefix,))
+        db.commit()
+        db.close()
+        time.sleep(0.6)
+        r = c.get("/v1/jobs", headers={"Authorization": f"Bearer {key_there}"})
+        assert r.status_code == 401 and r.json()["detail"] == "invalid or revoked API key"
     dispose_engines()
 
 
