@@ -8,9 +8,17 @@ The per-key rate limit and the per-tenant job cap are switched off for the run
 (BITALLOC_RATE_LIMIT_PER_S=0, BITALLOC_MAX_ACTIVE_JOBS_PER_TENANT=0): this
 measures the service, not its abuse limits.
 
+The client is a lean raw HTTP/1.1 one over keep-alive connections (on a 2-core
+machine a heavy client takes CPU from the server it measures); it reads every
+response in full and checks its status and body. `--client httpx` uses httpx.
+Each row also gives the server's CPU time per request (all its processes), which
+a busy shared machine disturbs far less than throughput and latency.
+
     .venv/bin/python bench/load.py                  # both setups, prints a table,
                                                     # writes bench/results/load.json
-    .venv/bin/python bench/load.py --setups sqlite --seconds 3
+    .venv/bin/python bench/load.py --setups sqlite --seconds 3 --api-workers 2
+    git worktree add /tmp/before <commit>           # the same run against an older
+    .venv/bin/python bench/load.py --root /tmp/before --output /tmp/before.json
 """
 
 from __future__ import annotations
@@ -269,6 +277,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="serve the checkout there (e.g. a `git worktree` of an older "
                              "commit, for a before/after comparison in the same run)")
+    parser.add_argument("--api-workers", type=int, default=1,
+                        help="API processes of the server (BITALLOC_API_WORKERS)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     setups = {"sqlite": ("SQLite + filesystem broker", sqlite_setup),
@@ -278,15 +288,18 @@ def main() -> None:
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "load_avg_before": os.getloadavg()},
                "server": {"root": str(args.root.resolve()), "commit": commit},
-               "client": args.client, "seconds_per_measurement": args.seconds, "setups": {}}
-    print(f"server {args.root.resolve()} at {commit}, client {args.client}, load average "
-          f"{os.getloadavg()[0]:.2f}")
+               "client": args.client, "api_workers": args.api_workers,
+               "seconds_per_measurement": args.seconds, "setups": {}}
+    print(f"server {args.root.resolve()} at {commit} ({args.api_workers} API process(es)), "
+          f"client {args.client}, load average {os.getloadavg()[0]:.2f}")
     print(f"{'setup':28} {'kind':7} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'errors':>6} {'server CPU ms/req':>17}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.setups.split(","):
             label, setup = setups[name]
-            with setup(Path(tmp)) as env, server(env, args.root) as (url, key, pgid):
+            env_workers = {"BITALLOC_API_WORKERS": str(args.api_workers)}
+            with setup(Path(tmp)) as env, server({**env, **env_workers}, args.root) as (
+                    url, key, pgid):
                 found = run(measure(url, key, args.seconds, args.client, pgid))
             results["setups"][name] = {"label": label, **found}
             for kind in ("status", "submit"):
