@@ -16,6 +16,7 @@ never read whole). Failures raise typed errors:
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -129,6 +130,37 @@ def multipart_form(fields: dict[str, str], path: str | Path, *,
     return f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail), chunks()
 
 
+def _early_answers(connection: type[http.client.HTTPConnection]) -> type:
+    class Connection(connection):
+        def request(self, *args, **kwargs):
+            try:
+                super().request(*args, **kwargs)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # getresponse() reads the server's answer, or fails: Unreachable
+
+    return Connection
+
+
+class _EarlyAnswers:
+    """A server may answer before it has read the whole body (413: a multi-GB upload
+    over its limit, seen from Content-Length) and close the connection; urllib would
+    fail on the broken pipe and lose that answer. This reads it instead."""
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_early_answers(http_class), req, **kwargs)
+
+
+class _HTTPHandler(_EarlyAnswers, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_EarlyAnswers, urllib.request.HTTPSHandler):
+    pass
+
+
+_OPENER = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
+
+
 class Client:
     """`Client()` reads BITALLOC_URL and BITALLOC_API_KEY; arguments win."""
 
@@ -150,7 +182,7 @@ class Client:
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout_s)
+            return _OPENER.open(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:

@@ -8,11 +8,11 @@ import io
 import json
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service import client as client_module
 from service.client import UPLOAD_CHUNK_BYTES, BadRequest, Client, multipart_form
 
 
@@ -69,14 +69,14 @@ def test_the_client_hands_urllib_chunks_and_a_length(tmp_path, monkeypatch):
     path.write_bytes(b"\1" * (3 * UPLOAD_CHUNK_BYTES + 5))
     sent = {}
 
-    def fake_urlopen(req, timeout):
+    def fake_open(req, timeout):
         assert not isinstance(req.data, bytes | bytearray)  # never the whole body at once
         sent["sizes"] = [len(chunk) for chunk in req.data]
         sent["length"] = int(req.get_header("Content-length"))
         sent["type"] = req.get_header("Content-type")
         return Answer(b'{"id": "x", "name": "big"}')
 
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(client_module._OPENER, "open", fake_open)
     row = Client("http://bitalloc.invalid", "ba_x").upload_model(path, "big", "digits-cnn")
     assert row == {"id": "x", "name": "big"}
     assert max(sent["sizes"]) == UPLOAD_CHUNK_BYTES and len(sent["sizes"]) == 6  # head, 4, tail
@@ -134,6 +134,12 @@ def test_refused_uploads_raise_bad_request_with_the_reason(pipeline_server, tmp_
     with pytest.raises(BadRequest) as bad:
         client.upload_model(pickled, "cu-pickled", architecture="resnet9000")
     assert bad.value.status == 422 and "unknown architecture 'resnet9000'" in bad.value.detail
+    huge = tmp_path / "huge.safetensors"  # sparse: 5 GiB on paper, over the 4 GiB limit
+    with open(huge, "wb") as file:
+        file.truncate(5 << 30)
+    with pytest.raises(BadRequest) as bad:  # answered from Content-Length, before the body
+        client.upload_model(huge, "cu-huge", architecture="digits-cnn")
+    assert bad.value.status == 413 and "larger than the limit" in bad.value.detail
     with pytest.raises(FileNotFoundError):
         client.upload_dataset(tmp_path / "missing.safetensors", "cu-missing")
 
