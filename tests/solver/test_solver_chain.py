@@ -45,8 +45,13 @@ def test_chain_matches_enumeration(seed):
     c = _chain_problem(rng, int(rng.integers(1, 7)), int(rng.integers(1, 4)), window)
     n, width = c.omega.shape
     chain = Chain(c)
-    unaries = np.stack([c.omega, c.omega + rng.normal(size=c.omega.shape)])
-    values, assign = chain.minimise(unaries)
+    unaries = np.stack([c.omega] + [c.omega + rng.normal(size=c.omega.shape) for _ in range(2)])
+    values, assign = chain.minimise(unaries)  # 3 rows: backtracked as a batch
+    for b in range(len(unaries)):  # 1 row: backtracked one row at a time
+        value, (row,) = chain.minimise(unaries[b : b + 1])
+        assert value[0] == pytest.approx(values[b])
+        shifted = c.with_omega(unaries[b], c.pairs)
+        assert shifted.objective(row) == pytest.approx(values[b])
     for b, unary in enumerate(unaries):
         shifted = c.with_omega(unary, c.pairs)
         best, marginal = np.inf, np.full((n, width), np.inf)
