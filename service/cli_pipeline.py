@@ -1,8 +1,8 @@
 """The pipeline subcommands of `bitalloc`: submit (--wait), status, result,
-artifact; upload model|dataset, models, datasets. The server and key come from --url / --key, else BITALLOC_URL /
-BITALLOC_API_KEY, else the local server and its key file. --json prints JSON
-for scripts; --wait shows a progress bar on a terminal and plain lines
-otherwise (on stderr).
+artifact; upload model|dataset, models, datasets. The server and key come from
+--url / --key, else BITALLOC_URL / BITALLOC_API_KEY, else the local server and
+its key file. --json prints JSON for scripts; --wait shows a progress bar on a
+terminal and plain lines otherwise (on stderr).
 
 Exit status: 0 done; 1 the job failed or was cancelled; 2 bad request (bad
 flags, refused by the API, unknown job, bad key); 3 server unreachable or
@@ -175,7 +175,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _out(args: argparse.Namespace, data, text: str) -> None:
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+    elif text:  # an empty listing prints nothing
+        print(text)
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:

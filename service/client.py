@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,7 @@ def multipart_form(fields: dict[str, str], path: str | Path, *,
     return f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail), chunks()
 
 
+@cache
 def _early_answers(connection: type[http.client.HTTPConnection]) -> type:
     class Connection(connection):
         def request(self, *args, **kwargs):
@@ -143,8 +145,9 @@ def _early_answers(connection: type[http.client.HTTPConnection]) -> type:
 
 class _EarlyAnswers:
     """A server may answer before it has read the whole body (413: a multi-GB upload
-    over its limit, seen from Content-Length) and close the connection; urllib would
-    fail on the broken pipe and lose that answer. This reads it instead."""
+    over its limit, seen from Content-Length). urllib sends `Connection: close`, so
+    the server then closes with the body still coming, the send fails with a reset,
+    and urllib would report that instead of the answer. This reads the answer."""
 
     def do_open(self, http_class, req, **kwargs):
         return super().do_open(_early_answers(http_class), req, **kwargs)

@@ -32,7 +32,8 @@ def _parse(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, tu
 
     parser = MultipartParser(options[b"boundary"], {
         "on_part_begin": lambda: current.clear(), "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": lambda: parts.append(dict(current))})
+        "on_header_end": on_header_end, "on_part_data": on_part_data,
+        "on_part_end": lambda: parts.append(dict(current))})
     parser.write(body)
     parser.finalize()
     fields, files = {}, {}
