@@ -19,8 +19,11 @@ from service.auth import MAX_KEY_LENGTH, hash_key
 from service.config import Settings
 from service.db.models import Dataset, Job, StoredModel, Tenant
 
+# dependencies that do no I/O are `async def`: FastAPI runs a plain `def` one in a
+# worker thread, a round trip that costs more than they do
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -32,7 +35,7 @@ def get_db(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
