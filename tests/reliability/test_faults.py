@@ -34,6 +34,11 @@ JOB = {"model": "digits-cnn", "method": "hawq_v2",
        "method_params": {"max_probes": 10, "min_probes": 4, "tol": 0.2},
        "budgets": {"avg_bits": 4}, "pareto_points": 0, "quality_evals": 1}
 TIMEOUT_S = 240
+# reaping within a few seconds (heartbeats every 0.5 s, silent for 5 s: reaped), so a
+# killed worker's job comes back quickly; still ten missed beats before a live job
+# could be taken for dead on a busy machine
+REAPING = {**FAST_REAPING, "BITALLOC_HEARTBEAT_INTERVAL_S": "0.5",
+           "BITALLOC_HEARTBEAT_TIMEOUT_S": "5", "BITALLOC_REAPER_INTERVAL_S": "0.5"}
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +92,7 @@ def stack(tmp_path_factory, pg_url):
     redis.start()
     env = {"BITALLOC_DATA": str(tmp / "data"), "DATABASE_URL": pg_url, "REDIS_URL": redis.url,
            "BITALLOC_QUEUE": f"faults-{uuid.uuid4().hex[:8]}", "BITALLOC_WORKER_CONCURRENCY": "2",
-           **FAST_REAPING}
+           **REAPING}
     (tmp / "api").mkdir()
     (tmp / "worker").mkdir()
     with ExitStack() as exits:  # tests add their replacement processes to it
