@@ -33,6 +33,7 @@ from solver.compiled import Compiled
 _ITERATIONS = 200
 _SWEEPS = 50  # message-passing sweeps when there are pair terms
 _THETA_STOP = 1e-3  # subgradient step scale at which the exact line searches take over
+_WARM_ITERATIONS = 20  # subgradient steps from a similar problem's multipliers
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,6 +191,8 @@ def lagrangian_bound(
     theta, stall = (0.25 if start is not None else 1.0), 0
     complete = True
     closed = max(1e-12, close_gap * abs(upper * scale + offset) / scale) if np.isfinite(upper) else 1e-12
+    if start is not None:  # the line searches below finish from a nearby point
+        iterations = min(iterations, _WARM_ITERATIONS)
     for _ in range(iterations if len(active) or c.pairs else 1):
         m = separable(lam, an)
         assign = np.argmin(m, axis=1)
