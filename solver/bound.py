@@ -188,6 +188,7 @@ def lagrangian_bound(
         warm = improve(c, start.incumbent)
         if true_n(warm) < upper:
             incumbent, upper = warm, true_n(warm)
+    improved = incumbent  # improve() has run on it: no need to run it again
     theta, stall = (0.25 if start is not None else 1.0), 0
     complete = True
     closed = max(1e-12, close_gap * abs(upper * scale + offset) / scale) if np.isfinite(upper) else 1e-12
@@ -241,7 +242,7 @@ def lagrangian_bound(
                 if value < upper:
                     incumbent, upper = assign, value
 
-    if incumbent is not None:
+    if incumbent is not None and incumbent is not improved:
         incumbent = improve(c, incumbent)
         upper = true_n(incumbent)
 
