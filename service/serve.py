@@ -160,7 +160,9 @@ def serve(settings: Settings, with_worker: bool = True) -> None:
         if processes > 1:
             _serve_processes(settings, processes, text)
             return
-        config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+        # one process holds the whole rate limit, whatever api_workers asked for
+        app = create_app(settings.model_copy(update={"api_workers": 1}))
+        config = uvicorn.Config(app, host=settings.host, port=settings.port,
                                 log_level="info", access_log=settings.access_log)
         server = uvicorn.Server(config)
         threading.Thread(target=_announce, args=(server, text), daemon=True).start()
