@@ -75,3 +75,22 @@ def random_problem(seed: int, *, pairs: bool = True, max_layers: int = 6) -> Pro
             limit += fixed.get(kind, 0.0)
         budgets.append(Budget(kind, limit))
     return Problem(layers, budgets, fixed, pins, allowed, terms)
+
+
+def contested_problem() -> Problem:
+    """Eight near-equal layers and one size budget: the bound leaves a core for the MIP."""
+    layers = [
+        Layer(
+            f"l{i}",
+            1000 + 37 * i,
+            {
+                (b, 16): Option(
+                    (1000 + 37 * i) * (1 + 0.01 * i) * 2.0 ** (-2 * b),
+                    {"size_bytes": (1000 + 37 * i) * bpw(b) / 8},
+                )
+                for b in (2, 4, 8)
+            },
+        )
+        for i in range(8)
+    ]
+    return Problem(layers, [Budget("size_bytes", 0.55 * sum(x.params for x in layers))])

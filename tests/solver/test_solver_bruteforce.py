@@ -80,25 +80,9 @@ def test_highs_gives_the_same_answers(seed):
 
 def test_the_ilp_runs_when_presolve_cannot_decide():
     # many near-equal layers and one size budget: the bound leaves a core for the MIP
-    from solver_random import bpw
+    from solver_random import contested_problem
 
-    from solver.problem import Budget, Layer, Option, Problem
-
-    layers = [
-        Layer(
-            f"l{i}",
-            1000 + 37 * i,
-            {
-                (b, 16): Option(
-                    (1000 + 37 * i) * (1 + 0.01 * i) * 2.0 ** (-2 * b),
-                    {"size_bytes": (1000 + 37 * i) * bpw(b) / 8},
-                )
-                for b in (2, 4, 8)
-            },
-        )
-        for i in range(8)
-    ]
-    problem = Problem(layers, [Budget("size_bytes", 0.55 * sum(x.params for x in layers))])
+    problem = contested_problem()
     allocation = solve(problem, mip_gap=0.0)
     best, _ = brute_force(problem)
     assert allocation.status == "optimal"

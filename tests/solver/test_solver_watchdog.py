@@ -8,11 +8,10 @@ import sys
 import time
 
 import pytest
-from solver_random import bpw
+from solver_random import contested_problem
 
 from solver import milp
 from solver.ilp import solve
-from solver.problem import Budget, Layer, Option, Problem
 from solver.watchdog import CAN_FORK, Overrun, call_with_deadline
 
 pytestmark = pytest.mark.skipif(not CAN_FORK, reason="the watchdog needs os.fork")
@@ -57,31 +56,13 @@ def test_an_overrun_is_killed_with_the_processes_it_started(tmp_path):
     assert not _alive(grandchild)
 
 
-def _contested_problem() -> Problem:
-    layers = [
-        Layer(
-            f"l{i}",
-            1000 + 37 * i,
-            {
-                (b, 16): Option(
-                    (1000 + 37 * i) * (1 + 0.01 * i) * 2.0 ** (-2 * b),
-                    {"size_bytes": (1000 + 37 * i) * bpw(b) / 8},
-                )
-                for b in (2, 4, 8)
-            },
-        )
-        for i in range(8)
-    ]
-    return Problem(layers, [Budget("size_bytes", 0.55 * sum(x.params for x in layers))])
-
-
 def test_a_stuck_backend_gives_the_incumbent_within_the_limit(monkeypatch):
     def stuck(*args, **kwargs):
         time.sleep(60)
 
     monkeypatch.setattr(milp, "_solve_core", stuck)
     monkeypatch.setattr(milp, "INLINE_VARIABLES", 0)  # small programs run inline otherwise
-    problem = _contested_problem()
+    problem = contested_problem()
     start = time.monotonic()
     allocation = solve(problem, time_limit_s=1.0, mip_gap=0.0)
     elapsed = time.monotonic() - start
