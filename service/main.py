@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import asynccontextmanager
 
@@ -46,6 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(upgrade, settings.db_url)
+        # everything loaded so far lives as long as the process: keep it out of the
+        # cyclic collector's full passes, which otherwise stall busy request loops
+        gc.collect()
+        gc.freeze()
         yield
 
     app = FastAPI(title="bitalloc", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
