@@ -8,8 +8,7 @@ from torch import nn
 
 from sensitivity.bundle import ModelBundle
 from sensitivity.data.digits import DigitsSplit
-from sensitivity.losses import task_loss
-from sensitivity.models.digits_common import digits_bundle
+from sensitivity.models.digits_common import digits_bundle, train_epochs
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
@@ -58,20 +57,11 @@ class DigitsCNN(nn.Module):
 
 
 def _train(data: DigitsSplit) -> DigitsCNN:
-    gen = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     model = DigitsCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, EPOCHS)
-    n = data.x_train.shape[0]
-    model.train()
-    for _ in range(EPOCHS):
-        for idx in torch.randperm(n, generator=gen).split(64):
-            opt.zero_grad()
-            task_loss(model(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+    return train_epochs(model, data, opt, sched, EPOCHS, SEED, schedule_per_batch=False)
 
 
 def load(**uploaded) -> ModelBundle:

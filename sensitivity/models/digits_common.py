@@ -17,6 +17,7 @@ from sensitivity.output_loss import CrossEntropyOutput, DistillationKLOutput
 from sensitivity.paths import atomic_write_bytes, cache_dir
 
 CALIBRATION_SAMPLES = 256
+TRAIN_BATCH = 64
 
 
 def cached_model(name: str, version: int, build: Callable[[], nn.Module],
@@ -30,6 +31,25 @@ def cached_model(name: str, version: int, build: Callable[[], nn.Module],
     model = train(data).eval()
     atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
     return model
+
+
+def train_epochs(model: nn.Module, data: DigitsSplit, opt: torch.optim.Optimizer, sched,
+                 epochs: int, seed: int, *, schedule_per_batch: bool) -> nn.Module:
+    """Task-loss training on mini-batches in a seeded order; the learning-rate
+    schedule steps after every batch or after every epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    n = data.x_train.shape[0]
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=gen).split(TRAIN_BATCH):
+            opt.zero_grad()
+            task_loss(model(data.x_train[idx]), data.y_train[idx]).backward()
+            opt.step()
+            if schedule_per_batch:
+                sched.step()
+        if not schedule_per_batch:
+            sched.step()
+    return model.eval()
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -16,8 +16,7 @@ from torch import nn
 
 from sensitivity.bundle import ModelBundle
 from sensitivity.data.digits import DigitsSplit
-from sensitivity.losses import task_loss
-from sensitivity.models.digits_common import digits_bundle
+from sensitivity.models.digits_common import TRAIN_BATCH, digits_bundle, train_epochs
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
@@ -94,22 +93,13 @@ def _train(data: DigitsSplit) -> DigitsViT:
 
 
 def _train_loop(data: DigitsSplit) -> DigitsViT:
-    gen = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     model = DigitsViT()
     nn.init.normal_(model.pos, std=0.02)
-    n = data.x_train.shape[0]
+    steps = EPOCHS * -(-data.x_train.shape[0] // TRAIN_BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=EPOCHS * -(-n // 64),
-                                                pct_start=0.1)
-    model.train()
-    for _ in range(EPOCHS):
-        for idx in torch.randperm(n, generator=gen).split(64):
-            opt.zero_grad()
-            task_loss(model(data.x_train[idx]), data.y_train[idx]).backward()
-            opt.step()
-            sched.step()
-    return model.eval()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    return train_epochs(model, data, opt, sched, EPOCHS, SEED, schedule_per_batch=True)
 
 
 def load(**uploaded) -> ModelBundle:
