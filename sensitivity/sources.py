@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_KINDS = ("hf", "state_dict")
-DATA_FORMATS = ("safetensors", "text", "jsonl")
+from sensitivity.data.formats import DATA_FORMATS, MODEL_KINDS, TEXT_FORMATS
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class DataSource:
-    """An uploaded calibration file: safetensors tensors (`inputs`, optional
-    `labels` and `attention_mask`), or text lines (.txt) / JSON lines (.jsonl)."""
+    """An uploaded calibration file: safetensors tensors (`TENSOR_NAMES`), or text
+    lines (.txt) / JSON lines (.jsonl)."""
 
     name: str
     format: str
@@ -45,4 +44,4 @@ class DataSource:
 
     @property
     def is_text(self) -> bool:
-        return self.format in ("text", "jsonl")
+        return self.format in TEXT_FORMATS

@@ -11,9 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from sensitivity.data.formats import TENSOR_NAMES
 from sensitivity.sources import DataSource
-
-TENSOR_NAMES = ("inputs", "labels", "attention_mask")
 
 
 def read_tensors(source: DataSource) -> dict[str, torch.Tensor]:

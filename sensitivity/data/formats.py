@@ -1,0 +1,32 @@
+"""What an uploaded model or calibration file may be, declared once and free of
+torch: the service checks uploads against these names and the loaders read the
+files by them, so the two never disagree."""
+
+from __future__ import annotations
+
+# an uploaded model: a Hugging Face folder, or a built-in architecture's state dict
+MODEL_KINDS = ("hf", "state_dict")
+
+# calibration files: their format by file suffix
+DATA_SUFFIXES = {".safetensors": "safetensors", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+DATA_FORMATS = ("safetensors", "text", "jsonl")
+TEXT_FORMATS = ("text", "jsonl")
+
+# the tensors a safetensors calibration file may hold: `inputs` (required), and
+# `labels` and `attention_mask` with one row per input
+TENSOR_NAMES = ("inputs", "labels", "attention_mask")
+
+# any one of these makes a Hugging Face folder's tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+# files that complete a tokenizer but are none on their own
+TOKENIZER_COMPANIONS = ("merges.txt", "special_tokens_map.json")
+
+
+def data_format(filename: str) -> str | None:
+    """The calibration format of a file by its suffix (case-insensitive); None if none."""
+    lower = filename.lower()
+    for suffix, fmt in DATA_SUFFIXES.items():
+        if lower.endswith(suffix):
+            return fmt
+    return None
