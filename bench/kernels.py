@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 from kernels.ops import quant_linear  # noqa: E402
 from kernels.packed_weight import PackedWeight, pack_weight  # noqa: E402
-from kernels.quantizer import QuantConfig  # noqa: E402
+from kernels.scheme import QuantConfig  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192)]  # (N, K)
 ROWS = [1, 16, 64]

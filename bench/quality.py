@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.quality_report import render  # noqa: E402
-from kernels.quantizer import QuantConfig  # noqa: E402
+from kernels.scheme import QuantScheme  # noqa: E402
 from sensitivity.engine import compute_table  # noqa: E402
 from sensitivity.layers import discover_layers  # noqa: E402
 from sensitivity.models import load_model  # noqa: E402
@@ -122,7 +122,7 @@ def run_model(name: str, log) -> dict:
     layers = [layer for layer in discover_layers(bundle) if layer.used]
     names = [layer.name for layer in layers]
     metric = bundle.quality_metric
-    base = QuantConfig(4, 128, False, False)
+    base = QuantScheme()
     choices = candidate_choices(spec_for(name, BUDGETS[0]))
     full = bundle.evaluate(bundle.model)
     log(f"{name}: {len(layers)} layers, full precision {metric} {full[metric]:.2f}, load {load_s:.1f}s")

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from kernels.modules import QuantConv, QuantEmbedding, QuantLinear
-from kernels.quantizer import QuantConfig, fake_quantize
+from kernels.quantizer import fake_quantize
+from kernels.scheme import QuantConfig
 
 LAYER_KINDS: dict[type, str] = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d",
                                 nn.Embedding: "embedding"}

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kernels.apply import PACKED_TYPES, apply_allocation, empty_packed_module, layer_kind
-from kernels.quantizer import QuantConfig, sixteen_bit_dtype
+from kernels.quantizer import sixteen_bit_dtype
+from kernels.scheme import QuantConfig
 
 FORMAT = "bitalloc.packed"
 FORMAT_VERSION = "1"

@@ -9,7 +9,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kernels.quantizer import QuantConfig, fake_quantize
+from kernels.quantizer import fake_quantize
+from kernels.scheme import QuantConfig
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kernels.apply import layer_kind, pack_module
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 
 
 def choice_key(w_bits: int, a_bits: int = 16) -> str:

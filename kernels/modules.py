@@ -22,7 +22,7 @@ from torch import nn
 from kernels.ops import linear_2d
 from kernels.packed_weight import PackedWeight, pack_weight
 from kernels.packing import packed_rows
-from kernels.quantizer import QuantConfig, num_groups
+from kernels.scheme import QuantConfig, num_groups
 
 
 class _Packed(nn.Module):

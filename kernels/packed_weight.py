@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels.packing import pack_codes, packed_rows, select_codes, unpack_codes
-from kernels.quantizer import QuantConfig, QuantizedWeight, num_groups, quantize
+from kernels.quantizer import QuantizedWeight, quantize
+from kernels.scheme import QuantConfig, num_groups
 
 
 @dataclass(frozen=True)

@@ -11,51 +11,14 @@ the packed kernels compute.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
-FULL_PRECISION_BITS = 16
-SCALE_BITS = 16
+from kernels.scheme import QuantConfig
+
 _MIN_SCALE = 1e-6  # keeps fp16 scales away from zero; groups this flat are zero anyway
 _CLIP_GRID = 20  # MSE clipping tries ratios 1.0, 0.975, ... down to 0.525
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """How one weight is quantized. `bits=16` means left in 16-bit."""
-
-    bits: int
-    group_size: int = 128
-    symmetric: bool = False
-    mse_clip: bool = False
-
-    def __post_init__(self):
-        if self.bits not in WEIGHT_BITS:
-            raise ValueError(f"bits must be one of {WEIGHT_BITS}, got {self.bits}")
-        if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-
-    @property
-    def quantized(self) -> bool:
-        return self.bits < FULL_PRECISION_BITS
-
-    @property
-    def zero_bits(self) -> int:
-        """Bits stored per group for the zero point (packed, same width as the codes)."""
-        return 0 if self.symmetric else self.bits
-
-    @property
-    def min_code(self) -> int:
-        """Symmetric mode uses the restricted range (code − zero) ∈ [−(2^(b−1)−1), 2^(b−1)−1],
-        so the grid is symmetric and re-quantizing gives the same scale."""
-        return 1 if self.symmetric else 0
-
-    def group_size_for(self, k: int) -> int:
-        """Effective group size along K: per output channel when K is smaller."""
-        return min(self.group_size, k)
 
 
 @dataclass(frozen=True)
@@ -84,8 +47,6 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def num_groups(k: int, config: QuantConfig) -> int:
-    return math.ceil(k / config.group_size_for(k))
 
 
 def quantize(weight: torch.Tensor, config: QuantConfig) -> QuantizedWeight:
@@ -140,24 +101,10 @@ def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
     return float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2)
 
 
-def weight_bits(shape: tuple[int, ...], config: QuantConfig) -> int:
-    """Total stored bits of a weight: codes plus per-group scales and zero points."""
-    rows = shape[0]
-    k = math.prod(shape[1:])
-    if not config.quantized:
-        return rows * k * FULL_PRECISION_BITS
-    overhead = rows * num_groups(k, config) * (SCALE_BITS + config.zero_bits)
-    return rows * k * config.bits + overhead
 
 
-def bits_per_weight(shape: tuple[int, ...], config: QuantConfig) -> float:
-    """Average stored bits per weight including the scale and zero overhead
-    (e.g. 4-bit, g=128, asymmetric: 4 + (16 + 4)/128 = 4.156)."""
-    return weight_bits(shape, config) / math.prod(shape)
 
 
-def weight_bytes(shape: tuple[int, ...], config: QuantConfig) -> float:
-    return weight_bits(shape, config) / 8
 
 
 # --- internals -----------------------------------------------------------------

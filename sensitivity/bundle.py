@@ -10,6 +10,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from sensitivity.metrics import Metric
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -20,15 +22,17 @@ class ModelBundle:
     `loss(model, batch)` is the scalar the Hessian is taken of: the task loss when
     the batch has labels, otherwise a self-distillation loss against the
     full-precision model's own outputs (stored in the batch as `target`).
-    `evaluate(model)` measures quality on held-out data; `quality_metric` names the
-    headline entry of its result.
+    `forward(model, batch)` is the model's output tensor (logits, embeddings).
+    `evaluate(model)` measures quality on held-out data; `metrics` declares what it
+    returns, headline first, each with its direction (`sensitivity.metrics`).
 
-    Bundles that also give `output(model, batch)` (the model's output tensor) and
-    `output_loss` (a loss on that output that knows its output-space Hessian, see
-    `sensitivity.output_loss`) support the Gauss–Newton estimators (`fisher`, the
-    forward-mode `hawq_v2` path) and LRP; `loss` must then equal
-    `output_loss(output(model, batch), batch)`. `inputs(batch)` gives the positional
-    model inputs for attribution libraries that call `model(*inputs)` (captum).
+    Bundles that also give `output_loss` (a loss on the output of `forward` that
+    knows its output-space Hessian, see `sensitivity.output_loss`) support the
+    Gauss–Newton estimators (`fisher`, the forward-mode `hawq_v2` path) and LRP;
+    `loss` must then equal `output_loss(forward(model, batch), batch)`.
+    `inputs(batch)` gives the positional model inputs for attribution libraries
+    that call `model(*inputs)` (captum). `tied_groups` name the layers that must
+    share their bits.
     """
 
     name: str
@@ -37,23 +41,38 @@ class ModelBundle:
     forward: Callable[[nn.Module, Batch], torch.Tensor]
     loss: Callable[[nn.Module, Batch], torch.Tensor]
     evaluate: Callable[[nn.Module], dict[str, float]]
-    quality_metric: str
+    metrics: Sequence[Metric]
     description: str = ""
     tied_groups: Sequence[Sequence[str]] = field(default_factory=tuple)
     info: dict[str, float | str] = field(default_factory=dict)
-    output: Callable[[nn.Module, Batch], torch.Tensor] | None = None
     output_loss: OutputLoss | None = None
     inputs: Callable[[Batch], tuple[torch.Tensor, ...]] | None = None
     # what defines the function besides weights and calibration data (e.g. an
     # uploaded model's config.json): part of the sensitivity cache key when set
     cache_salt: str = ""
 
+    def __post_init__(self):
+        if not self.metrics:
+            raise ValueError(f"{self.name}: a bundle declares at least its headline metric")
+
+    @property
+    def headline(self) -> Metric:
+        return self.metrics[0]
+
+    @property
+    def quality_metric(self) -> str:
+        return self.headline.name
+
+    @property
+    def directions(self) -> dict[str, str]:
+        return {m.name: m.direction for m in self.metrics}
+
     def batch_size(self, batch: Batch) -> int:
         return int(next(iter(batch.values())).shape[0])
 
     @property
     def has_output_loss(self) -> bool:
-        return self.output is not None and self.output_loss is not None
+        return self.output_loss is not None
 
     @property
     def zero_residual(self) -> bool:
@@ -63,7 +82,7 @@ class ModelBundle:
 
     def require_output_loss(self, method: str) -> None:
         if not self.has_output_loss:
-            raise ValueError(f"{method} needs a bundle with `output` and `output_loss`; "
+            raise ValueError(f"{method} needs a bundle with an `output_loss`; "
                              f"{self.name} gives only a scalar loss")
 
 

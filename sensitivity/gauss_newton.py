@@ -88,7 +88,7 @@ class OutputGraph:
 
         handles = [pert.modules[i].register_forward_hook(partial(hook, i)) for i in layers]
         try:
-            self.output = pert.bundle.output(pert.bundle.model, batch)
+            self.output = pert.bundle.forward(pert.bundle.model, batch)
         finally:
             for h in handles:
                 h.remove()

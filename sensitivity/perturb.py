@@ -126,7 +126,7 @@ class Perturbation:
 
     def output(self, batch: Batch, deltas: Sequence[torch.Tensor | None]) -> torch.Tensor:
         self.bundle.require_output_loss("this computation")
-        return self.call(lambda m: self.bundle.output(m, batch), deltas)
+        return self.call(lambda m: self.bundle.forward(m, batch), deltas)
 
 
 @contextlib.contextmanager

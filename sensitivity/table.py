@@ -6,16 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-Choice = tuple[int, int]  # (w_bits, a_bits)
+from kernels.scheme import Choice, choice_key, parse_choice_key
 
-
-def choice_key(choice: Choice) -> str:
-    return f"w{choice[0]}a{choice[1]}"
-
-
-def parse_choice_key(key: str) -> Choice:
-    w, a = key[1:].split("a")
-    return int(w), int(a)
+__all__ = ["Choice", "SensitivityTable", "choice_key", "parse_choice_key"]
 
 
 @dataclass

@@ -9,15 +9,16 @@ import time
 from pathlib import Path
 
 from kernels.artifact import save_artifact
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
 from sensitivity.estimators import get_estimator
 from sensitivity.layers import discover_layers
-from sensitivity.models.uploaded import load_bundle
+from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
 from sensitivity.sources import DataSource, ModelSource
 from solver import Allocation, Problem, bisect_quality, pareto, solve
+from workers.accounting import totals
 from workers.evaluate import (
     layer_rows,
     measure,
@@ -73,9 +74,13 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
     check_overrides(spec, all_layers)
-    base = QuantConfig(4, spec.quant.group_size, spec.quant.symmetric, spec.quant.mse_clip)
+    scheme = spec.quant.scheme()
+
+    def avg_bits(choices) -> float:
+        return totals(layers, choices, scheme, 0.0).avg_bits
+
     try:
-        feasibility = build_problem(spec, bundle, layers, None, base)
+        feasibility = build_problem(spec, bundle, layers, None, scheme)
     except ValueError as exc:
         raise JobError(str(exc)) from None
     # A budget nothing can meet fails now, not after the sensitivity computation.
@@ -86,14 +91,14 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
 
     stage("sensitivity")
     try:
-        table = compute_table(spec.method, bundle, layers, candidate_choices(spec), base,
+        table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
                               dict(spec.method_params), progress)
     except (TypeError, ValueError) as exc:  # unknown or bad estimator parameters
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
     done("sensitivity")
 
     stage("solve")
-    problem = build_problem(spec, bundle, layers, table.omega, base, table.pairs)
+    problem = build_problem(spec, bundle, layers, table.omega, scheme, table.pairs)
     full_precision = bundle.evaluate(bundle.model)
     search = None
     if spec.quality_drop_range() is None:
@@ -101,21 +106,23 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         if allocation.status not in ("optimal", "feasible"):
             raise JobError(f"no allocation fits the budget: {allocation.explanation}")
     else:
-        allocation, search = _search_quality_drop(spec, bundle, problem, base, full_precision, progress)
+        allocation, search = _search_quality_drop(spec, bundle, problem, scheme, full_precision, progress,
+                                                  avg_bits)
     kind = _frontier_kind(spec)
-    frontier = _frontier(problem, kind, allocation, spec.pareto_points, own_optimum=search is None)
+    frontier = _frontier(problem, kind, allocation, spec.pareto_points, own_optimum=search is None,
+                         avg_bits=avg_bits)
     done("solve")
 
     stage("evaluate")
     chosen = dict(allocation.choices)
-    rows = layer_rows(spec, layers, chosen, table, base)
-    summary = summarize(bundle, layers, rows)
-    uniform = uniform_points(spec, bundle, layers, base, kind, summary.size_bytes,
+    rows = layer_rows(layers, chosen, table, scheme)
+    summary = summarize(bundle, layers, chosen, scheme)
+    uniform = uniform_points(spec, bundle, layers, scheme, kind, summary.size_bytes,
                              every_width=spec.pareto_points > 0)
     nearest = nearest_uniform_not_below(uniform, summary.size_bytes)
     quality = Quality(
-        metric=bundle.quality_metric, full_precision=full_precision,
-        allocation=measure(bundle, chosen, base), uniform=nearest.quality,
+        metric=bundle.headline.name, directions=bundle.directions, full_precision=full_precision,
+        allocation=measure(bundle, chosen, scheme), uniform=nearest.quality,
         uniform_bits=nearest.w_bits, uniform_size_bytes=nearest.size_bytes,
     )
     done("evaluate")
@@ -152,34 +159,29 @@ def _frontier_kind(spec: JobSpec) -> str:
 
 
 def _frontier(problem: Problem, kind: str, allocation: Allocation, points: int, *,
-              own_optimum: bool) -> list[FrontierPoint]:
+              own_optimum: bool, avg_bits) -> list[FrontierPoint]:
     """The Pareto sweep of `kind`; the chosen point is the problem's own optimum, or
     (after a quality search) the point with the chosen allocation."""
     if points < 2:
         return []
     return [
-        FrontierPoint(cost=p.cost, objective=p.objective, avg_bits=_avg_bits(problem, p.choices),
+        FrontierPoint(cost=p.cost, objective=p.objective, avg_bits=avg_bits(p.choices),
                       chosen=p.chosen if own_optimum else dict(p.choices) == dict(allocation.choices))
         for p in pareto(problem, kind, points=points)
     ]
 
 
-def _avg_bits(problem: Problem, choices) -> float:
-    bits = sum(layer.options[choices[layer.name]].costs["avg_bits"] for layer in problem.layers)
-    return bits / sum(layer.params for layer in problem.layers)
-
-
-def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, base: QuantConfig,
-                         full_precision: dict[str, float], progress: Progress):
+def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, scheme: QuantScheme,
+                         full_precision: dict[str, float], progress: Progress, avg_bits):
     lo, hi = spec.quality_drop_range()
     def evaluate(allocation: Allocation) -> float:
-        drop = quality_drop(bundle, full_precision, measure(bundle, allocation.choices, base))
+        drop = quality_drop(bundle, full_precision, measure(bundle, allocation.choices, scheme))
         progress("solve", 0.5, f"quality drop {drop:.4g} at {allocation.budget_use['size_bytes'][0]:.0f} B")
         return drop
 
     result = bisect_quality(problem, evaluate, lo, hi, kind="size_bytes", max_evals=spec.quality_evals)
     trials = [
-        QualityTrial(size_bytes=t.budget, drop=t.drop, avg_bits=_avg_bits(problem, t.allocation.choices))
+        QualityTrial(size_bytes=t.budget, drop=t.drop, avg_bits=avg_bits(t.allocation.choices))
         for t in result.trials
     ]
     search = QualitySearch(min_drop=lo, max_drop=hi, reached=result.reached, message=result.message,
@@ -192,8 +194,8 @@ def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, b
 def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path) -> Path:
     """`model.safetensors` (packed) + `allocation.json` for the result's allocation."""
     q = spec.quant
-    configs = {layer.name: QuantConfig(layer.w_bits, q.group_size, q.symmetric, q.mse_clip)
-               for layer in result.layers}
+    scheme = q.scheme()
+    configs = {layer.name: scheme.config(layer.w_bits) for layer in result.layers}
     allocation = {
         "model": spec.model,
         "layers": {layer.name: {"w_bits": layer.w_bits, "a_bits": layer.a_bits} for layer in result.layers},

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kernels.quantizer import QuantConfig
+from kernels.scheme import ACTIVATION_BITS as A_BITS
+from kernels.scheme import FULL_PRECISION_BITS, Choice, QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.layers import LayerInfo
-from sensitivity.table import Choice
 from solver import Budget, Layer, Option, PairTerm, Problem
-from workers.costs import choice_costs, fixed_bytes
+from workers.accounting import choice_costs, fixed_bytes
 from workers.spec import JobSpec
-
-A_BITS = 16  # activations stay in 16-bit until activation quantization is asked for
 
 
 class JobError(Exception):
@@ -24,25 +22,25 @@ def candidate_choices(spec: JobSpec) -> list[Choice]:
     widths = set(spec.weight_bits) | set(spec.overrides.pins.values())
     for bits in spec.overrides.allowed.values():
         widths |= set(bits)
-    return [(b, A_BITS) for b in sorted(widths | {16})]
+    return [(b, A_BITS) for b in sorted(widths | {FULL_PRECISION_BITS})]
 
 
 def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo],
-                  omega: dict[str, dict[Choice, float]] | None, base: QuantConfig,
+                  omega: dict[str, dict[Choice, float]] | None, scheme: QuantScheme,
                   pairs: dict | None = None) -> Problem:
     """The integer program of the job; `omega=None` gives the feasibility problem."""
     ov = spec.overrides
     solver_layers, allowed = [], {}
     for layer in layers:
         if layer.name in ov.exclude:
-            widths = {16}
+            widths = {FULL_PRECISION_BITS}
         else:
             widths = set(ov.allowed.get(layer.name, spec.weight_bits))
         if layer.name in ov.pins:
             widths.add(ov.pins[layer.name])
         options = {
             (b, A_BITS): Option(omega=omega[layer.name].get((b, A_BITS), 0.0) if omega else 0.0,
-                                costs=choice_costs(layer, (b, A_BITS), base, spec.latency_table))
+                                costs=choice_costs(layer, (b, A_BITS), scheme, spec.latency_table))
             for b in sorted(widths)
         }
         solver_layers.append(Layer(layer.name, layer.params, options, layer.group))

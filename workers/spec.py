@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
+from kernels.scheme import WEIGHT_BITS, QuantScheme, check_weight_bits
+
 BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms", "max_quality_drop")
 MB = 1_000_000  # budgets in MB are decimal megabytes
 
@@ -20,11 +21,8 @@ class QuantSettings(_Strict):
     symmetric: bool = False
     mse_clip: bool = False
 
-
-def _check_bits(bits: int) -> int:
-    if bits not in WEIGHT_BITS:
-        raise ValueError(f"weight bits must be one of {list(WEIGHT_BITS)}, got {bits}")
-    return bits
+    def scheme(self) -> QuantScheme:
+        return QuantScheme(self.group_size, self.symmetric, self.mse_clip)
 
 
 class Overrides(_Strict):
@@ -37,7 +35,7 @@ class Overrides(_Strict):
     @field_validator("pins")
     @classmethod
     def _pins(cls, pins):
-        return {k: _check_bits(v) for k, v in pins.items()}
+        return {k: check_weight_bits(v) for k, v in pins.items()}
 
     @field_validator("allowed")
     @classmethod
@@ -46,7 +44,7 @@ class Overrides(_Strict):
             if not bits:
                 raise ValueError(f"allowed widths for {name!r} are empty")
             for b in bits:
-                _check_bits(b)
+                check_weight_bits(b)
         return allowed
 
 
@@ -86,7 +84,7 @@ class JobSpec(_Strict):
     @field_validator("weight_bits")
     @classmethod
     def _weight_bits(cls, bits):
-        return sorted({_check_bits(b) for b in bits})
+        return sorted({check_weight_bits(b) for b in bits})
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -133,6 +131,9 @@ class LayerResult(BaseModel):
 
 class Quality(BaseModel):
     metric: str  # the headline metric
+    # "higher" or "lower" is better, for every metric measured (results stored before
+    # directions existed have none: their metrics were all higher-is-better)
+    directions: dict[str, str] = Field(default_factory=dict)
     full_precision: dict[str, float]
     allocation: dict[str, float]
     uniform: dict[str, float]

@@ -115,7 +115,7 @@ def batch_relevance(bundle: ModelBundle, batch: Batch, names: Sequence[str], eps
     bundle.require_output_loss("lrp")
     store: dict[str, torch.Tensor] = {}
     with torch.enable_grad(), modified_gradient(bundle.model, eps, names, store):
-        out = bundle.output(bundle.model, batch)
+        out = bundle.forward(bundle.model, batch)
         f = bundle.output_loss.relevance(out, batch)
         missing = [n for n in names if n not in store or not store[n].requires_grad]
         if missing:

@@ -6,9 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sensitivity.bundle import ModelBundle
 from sensitivity.data.digits import DigitsSplit
-from sensitivity.models.digits_common import digits_bundle, train_epochs
+from sensitivity.models.digits_common import DigitsArchitecture, train_epochs
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
@@ -64,11 +63,8 @@ def _train(data: DigitsSplit) -> DigitsCNN:
     return train_epochs(model, data, opt, sched, EPOCHS, SEED, schedule_per_batch=False)
 
 
-def load(**uploaded) -> ModelBundle:
-    """The trained model; `uploaded` (weights, calibration, info) as in `digits_bundle`."""
-    return digits_bundle(
-        "digits-cnn", VERSION, DigitsCNN, _train,
-        description="small residual CNN on scikit-learn digits (8x8), task loss",
-        tied_groups=[["block.conv_b", "block.downsample.0"]],
-        **uploaded,
-    )
+ARCHITECTURE = DigitsArchitecture(
+    "digits-cnn", VERSION, DigitsCNN, _train,
+    description="small residual CNN on scikit-learn digits (8x8), task loss",
+    tied_groups=[["block.conv_b", "block.downsample.0"]],
+)

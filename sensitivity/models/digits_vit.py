@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sensitivity.bundle import ModelBundle
 from sensitivity.data.digits import DigitsSplit
-from sensitivity.models.digits_common import TRAIN_BATCH, digits_bundle, train_epochs
+from sensitivity.models.digits_common import TRAIN_BATCH, DigitsArchitecture, train_epochs
 
 VERSION = 1  # bump when the architecture or training recipe changes
 SEED = 0
@@ -102,11 +101,8 @@ def _train_loop(data: DigitsSplit) -> DigitsViT:
     return train_epochs(model, data, opt, sched, EPOCHS, SEED, schedule_per_batch=True)
 
 
-def load(**uploaded) -> ModelBundle:
-    """The trained model; `uploaded` (weights, calibration, info) as in `digits_bundle`."""
-    return digits_bundle(
-        "digits-vit", VERSION, DigitsViT, _train,
-        description="small vision transformer (2x2 patches, dim 64, 2 blocks, 4 heads) on "
-                    "scikit-learn digits (8x8), task loss",
-        **uploaded,
-    )
+ARCHITECTURE = DigitsArchitecture(
+    "digits-vit", VERSION, DigitsViT, _train,
+    description="small vision transformer (2x2 patches, dim 64, 2 blocks, 4 heads) on "
+                "scikit-learn digits (8x8), task loss",
+)

@@ -94,7 +94,7 @@ def check_reference():
 
 def cycle_configs(model: torch.nn.Module, widths, group_sizes=(128,)) -> dict:
     """{layer: QuantConfig} cycling widths (and group sizes) over the quantizable layers."""
-    from kernels.quantizer import QuantConfig
+    from kernels.scheme import QuantConfig
     from sensitivity.layers import quantizable_modules
 
     return {name: QuantConfig(widths[i % len(widths)], group_sizes[i % len(group_sizes)])

@@ -9,7 +9,7 @@ from torch import nn
 from kernels.apply import PACKED_TYPES, apply_allocation
 from kernels.fake_quant import fake_quantize_model
 from kernels.modules import QuantConv, QuantEmbedding, QuantLinear
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 
 
 def test_digits_cnn_matches_fake_quant(digits_bundle, digits_packed):

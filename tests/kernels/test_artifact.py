@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from kernels.artifact import ALLOCATION_FILE, WEIGHTS_FILE, load_artifact, read_metadata, save_artifact
-from kernels.quantizer import weight_bytes
+from kernels.scheme import weight_bytes
 from sensitivity.models.digits_cnn import DigitsCNN
 
 

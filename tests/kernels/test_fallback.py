@@ -5,7 +5,7 @@ import torch
 
 from kernels.fallback import fallback_linear
 from kernels.packed_weight import pack_weight
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 
 # (N, K, group size): odd N with K % g != 0, K < g (per channel), g not a multiple of 32
 SHAPES = [(75, 200, 64), (33, 48, 128), (40, 96, 40)]

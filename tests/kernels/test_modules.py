@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from kernels.modules import QuantConv, QuantEmbedding, QuantLinear
-from kernels.quantizer import QuantConfig, fake_quantize
+from kernels.quantizer import fake_quantize
+from kernels.scheme import QuantConfig
 
 
 def fake_quantized(layer: nn.Module, config: QuantConfig) -> nn.Module:

@@ -5,7 +5,7 @@ import torch
 
 from kernels.ops import quant_linear, uses_triton, wq_linear
 from kernels.packed_weight import pack_weight
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 
 
 def args_for(packed, x, bias):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from kernels.packed_weight import PackedWeight, check_packed, pack_weight
-from kernels.quantizer import QuantConfig, quantize, weight_bytes
+from kernels.quantizer import quantize
+from kernels.scheme import QuantConfig, weight_bytes
 
 CASES = [
     # (shape, group size): K % g != 0, K < g (per channel), odd N, conv weights

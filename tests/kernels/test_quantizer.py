@@ -7,14 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.quantizer import (
-    QuantConfig,
-    bits_per_weight,
-    fake_quantize,
-    quantization_error,
-    quantize,
-    weight_bits,
-)
+from kernels.quantizer import fake_quantize, quantization_error, quantize
+from kernels.scheme import QuantConfig, bits_per_weight, weight_bits
 
 QUANT_BITS = [2, 3, 4, 5, 6, 8]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kernels.packed_weight import pack_weight
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 
 DTYPES = [torch.float16, torch.bfloat16]
 

@@ -14,15 +14,16 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantScheme
 from sensitivity.cache import table_key
 from sensitivity.data.digits import load_digits_split
 from sensitivity.layers import discover_layers
-from sensitivity.models.uploaded import digits_calibration, load_bundle
+from sensitivity.models import load_bundle
+from sensitivity.models.digits import digits_calibration
 from sensitivity.models.weights import WeightsMismatch, load_strict
 from sensitivity.sources import DataSource, ModelSource
 
-QUANT = QuantConfig(4, 128, False, False)
+QUANT = QuantScheme()
 
 
 def _key(bundle) -> str:

@@ -1,0 +1,127 @@
+"""The quantization scheme, free of torch: the widths a layer can take, what a
+choice is, how one weight is quantized (`QuantConfig`), the job-wide settings
+that give each layer its config (`QuantScheme`), and what a quantized weight
+costs in stored bits (scale and zero-point overhead included, DESIGN §3).
+
+This module is the one owner of these definitions; the service reads it too,
+so it must never import torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
+FULL_PRECISION_BITS = 16  # "left in 16-bit"
+ACTIVATION_BITS = 16  # activations stay in 16-bit until activation quantization is asked for
+SCALE_BITS = 16  # fp16 scales
+ALGORITHMS = ("rtn",)  # the algorithm that picks the integers (round-to-nearest)
+
+Choice = tuple[int, int]
+"""(w_bits, a_bits) of one layer."""
+
+
+def choice_key(choice: Choice) -> str:
+    """"w4a16" for (4, 16): how choices are written in JSON."""
+    return f"w{choice[0]}a{choice[1]}"
+
+
+def parse_choice_key(key: str) -> Choice:
+    w, a = key[1:].split("a")
+    return int(w), int(a)
+
+
+def check_weight_bits(bits: int) -> int:
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be one of {list(WEIGHT_BITS)}, got {bits}")
+    return bits
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How one weight is quantized. `bits=16` means left in 16-bit."""
+
+    bits: int
+    group_size: int = 128
+    symmetric: bool = False
+    mse_clip: bool = False
+
+    def __post_init__(self):
+        if self.bits not in WEIGHT_BITS:
+            raise ValueError(f"bits must be one of {WEIGHT_BITS}, got {self.bits}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits < FULL_PRECISION_BITS
+
+    @property
+    def zero_bits(self) -> int:
+        """Bits stored per group for the zero point (packed, same width as the codes)."""
+        return 0 if self.symmetric else self.bits
+
+    @property
+    def min_code(self) -> int:
+        """Symmetric mode uses the restricted range (code − zero) ∈ [−(2^(b−1)−1), 2^(b−1)−1],
+        so the grid is symmetric and re-quantizing gives the same scale."""
+        return 1 if self.symmetric else 0
+
+    def group_size_for(self, k: int) -> int:
+        """Effective group size along K: per output channel when K is smaller."""
+        return min(self.group_size, k)
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """The job-wide quantizer settings; `config(bits)` is a layer's config at a width."""
+
+    group_size: int = 128
+    symmetric: bool = False
+    mse_clip: bool = False
+    algorithm: str = "rtn"
+
+    def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"quantizer algorithm must be one of {ALGORITHMS}, "
+                             f"got {self.algorithm!r}")
+
+    def config(self, bits: int) -> QuantConfig:
+        return QuantConfig(bits, self.group_size, self.symmetric, self.mse_clip)
+
+    def for_choice(self, choice: Choice) -> QuantConfig:
+        return self.config(choice[0])
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- stored bits of one weight ---------------------------------------------------
+
+
+def num_groups(k: int, config: QuantConfig) -> int:
+    return math.ceil(k / config.group_size_for(k))
+
+
+def weight_bits(shape: tuple[int, ...], config: QuantConfig) -> int:
+    """Total stored bits of a weight: codes plus per-group scales and zero points.
+    The weight is viewed as (rows = dim 0, K = the rest), grouped along K."""
+    rows = shape[0]
+    k = math.prod(shape[1:])
+    if not config.quantized:
+        return rows * k * FULL_PRECISION_BITS
+    overhead = rows * num_groups(k, config) * (SCALE_BITS + config.zero_bits)
+    return rows * k * config.bits + overhead
+
+
+def bits_per_weight(shape: tuple[int, ...], config: QuantConfig) -> float:
+    """Average stored bits per weight including the scale and zero overhead
+    (e.g. 4-bit, g=128, asymmetric: 4 + (16 + 4)/128 = 4.156)."""
+    return weight_bits(shape, config) / math.prod(shape)
+
+
+def weight_bytes(shape: tuple[int, ...], config: QuantConfig) -> float:
+    return weight_bits(shape, config) / 8

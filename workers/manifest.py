@@ -1,0 +1,31 @@
+"""The registry manifest: what a job can name, in one torch-free document that the
+API, the dashboard and the CLI read (no mirrored lists). Built from the owners'
+declarations: `sensitivity.catalog` (families, their metrics and directions,
+built-in models), `kernels.scheme` (weight widths) and `workers.spec` (budgets)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from kernels.scheme import WEIGHT_BITS
+from sensitivity.catalog import BUILTIN_MODELS, FAMILIES, model_names
+from workers.spec import BUDGET_KEYS
+
+
+def builtin_model_names() -> list[str]:
+    return model_names()
+
+
+@cache
+def manifest() -> dict[str, Any]:
+    return {
+        "models": [{"name": m.name, "family": m.family, "description": m.description}
+                   for m in sorted(BUILTIN_MODELS.values(), key=lambda m: m.name)],
+        "families": [{"name": f.name, "description": f.description,
+                      "metrics": [{"name": m.name, "direction": m.direction,
+                                   "description": m.description} for m in f.metrics]}
+                     for f in FAMILIES.values()],
+        "weight_bits": list(WEIGHT_BITS),
+        "budgets": list(BUDGET_KEYS),
+    }
