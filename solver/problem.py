@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 Choice = tuple[int, int]
-"""(w_bits, a_bits): weight bits and activation bits (16 = left in 16-bit)."""
-
-BITS = (2, 3, 4, 5, 6, 8, 16)
+"""(w_bits, a_bits): weight bits and activation bits. Which widths exist is the
+quantization scheme's business (kernels.scheme); the solver only needs positive ints."""
 BUDGET_KINDS = ("avg_bits", "size_bytes", "bops", "latency_ms")
 BUDGET_UNITS = {"avg_bits": "bits/weight", "size_bytes": "B", "bops": "BOPs", "latency_ms": "ms"}
 
@@ -33,8 +32,8 @@ def check_choice(choice: object, where: str) -> Choice:
     ):
         raise ValueError(f"{where}: a choice is a (w_bits, a_bits) tuple of ints, got {choice!r}")
     for role, bits in zip(("w_bits", "a_bits"), choice):
-        if bits not in BITS:
-            raise ValueError(f"{where}: {role}={bits} is not one of {BITS}")
+        if bits < 1:
+            raise ValueError(f"{where}: {role}={bits} must be a positive number of bits")
     return choice
 
 

@@ -129,7 +129,7 @@ def test_a_restrictive_allowed_set_is_named():
         (lambda: Option(1.0, {"size": 1.0}), "unknown budget kind"),
         (lambda: Option(1.0, {"size_bytes": -1.0}), ">= 0"),
         (lambda: Layer("a", 0, {(4, 16): Option(1.0)}), "params"),
-        (lambda: Layer("a", 10, {(7, 16): Option(1.0)}), "w_bits=7"),
+        (lambda: Layer("a", 10, {(0, 16): Option(1.0)}), "w_bits=0"),
         (lambda: Layer("a", 10, {}), "at least one option"),
         (lambda: Budget("flops", 1.0), "unknown budget kind"),
         (lambda: PairTerm("a", "a", {}), "different layers"),
