@@ -76,8 +76,8 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    from kernels.quantizer import QuantConfig
-    from sensitivity.estimators import get_estimator
+    from kernels.scheme import QuantScheme
+    from sensitivity.engine import compute_table
     from sensitivity.layers import discover_layers
     from sensitivity.models import load_model
 
@@ -105,8 +105,8 @@ def worker(spec: dict) -> dict:
                    max_rel_error=max(v["rel_error"] for v in per_layer.values()),
                    per_layer=per_layer)
     else:
-        table = get_estimator(spec["method"])(bundle, layers, CHOICES, QuantConfig(4), spec["params"],
-                                              lambda *a: None)
+        table = compute_table(spec["method"], bundle, layers, CHOICES, QuantScheme(), spec["params"],
+                              use_cache=False)
         meta = table.meta
         out.update(
             hvps=meta.get("hvps", meta.get("backward_passes")),

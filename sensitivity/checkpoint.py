@@ -1,16 +1,15 @@
 """Checkpoints of partial estimator state, so an interrupted computation resumes.
 
 The engine (`sensitivity.engine.compute_table`) opens a `Checkpoint` for the
-table it is computing and makes it current; an estimator asks for
-`current_checkpoint()` (a no-op checkpoint when none is open), restores its state
-from `load()` and calls `save(state)` as it goes (written at most every
-`interval_s`, always when `force=True`). States are JSON-serialisable dicts.
+table it is computing and hands it to the estimator in its context
+(`NO_CHECKPOINT` when nothing is cached). A state is a JSON-serialisable dict
+saved under a kind ("hutchinson", "empirical", ...): `load(kind)` gives back only
+a state of that kind, so a stage never resumes from another's. `save` writes at
+most every `interval_s`, always when `force=True`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import time
 from pathlib import Path
@@ -28,7 +27,8 @@ class Checkpoint:
         self._last = time.monotonic()
         self.saves = 0
 
-    def load(self) -> dict[str, Any] | None:
+    def stored(self) -> dict[str, Any] | None:
+        """The state on disk, of whatever kind (None when there is none or it is damaged)."""
         if self.path is None or not self.path.exists():
             return None
         try:
@@ -36,13 +36,17 @@ class Checkpoint:
         except (OSError, ValueError):
             return None  # a damaged checkpoint restarts the computation
 
-    def save(self, state: dict[str, Any], force: bool = False) -> None:
+    def load(self, kind: str) -> dict[str, Any] | None:
+        state = self.stored()
+        return state if state is not None and state.get("kind") == kind else None
+
+    def save(self, kind: str, state: dict[str, Any], force: bool = False) -> None:
         if self.path is None:
             return
         now = time.monotonic()
         if not force and now - self._last < self.interval_s:
             return
-        atomic_write_bytes(self.path, json.dumps(state).encode())
+        atomic_write_bytes(self.path, json.dumps({"kind": kind, **state}).encode())
         self._last = now
         self.saves += 1
 
@@ -51,21 +55,7 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
-_NONE = Checkpoint(None)
-_current: contextvars.ContextVar[Checkpoint] = contextvars.ContextVar("checkpoint", default=_NONE)
-
-
-def current_checkpoint() -> Checkpoint:
-    return _current.get()
-
-
-@contextlib.contextmanager
-def using_checkpoint(ckpt: Checkpoint):
-    token = _current.set(ckpt)
-    try:
-        yield ckpt
-    finally:
-        _current.reset(token)
+NO_CHECKPOINT = Checkpoint(None)
 
 
 def generator_state(gen: torch.Generator) -> list[int]:

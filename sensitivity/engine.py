@@ -1,11 +1,12 @@
-"""The one entry point the pipeline calls: cache lookup → estimator → store.
+"""The one entry point the pipeline calls: params → cache lookup → estimator → store.
 
-`compute_table` returns the cached table when one exists for the same weights,
-calibration data, method, parameters, quantizer config, choices and layers
-(`meta["cache"] = "hit"`), so a second job with another budget does not
-recompute. Otherwise it runs the estimator with a checkpoint open under the
-table's key (`meta["cache"] = "miss"`); an interrupted run resumes from the
-probes and layers it had finished.
+`compute_table` parses the method's parameters once (`sensitivity.methods`: a
+clear ValueError for an unknown method or a bad parameter), then returns the
+cached table when one exists for the same weights, calibration data, method,
+parameters, quantizer config, choices and layers (`meta["cache"] = "hit"`), so a
+second job with another budget does not recompute. Otherwise it runs the
+estimator with a checkpoint open under the table's key (`meta["cache"] =
+"miss"`); an interrupted run resumes from the probes and layers it had finished.
 """
 
 from __future__ import annotations
@@ -14,40 +15,47 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.cache import TableCache, table_key
-from sensitivity.checkpoint import Checkpoint, using_checkpoint
+from sensitivity.checkpoint import NO_CHECKPOINT, Checkpoint
 from sensitivity.estimators import get_estimator
+from sensitivity.estimators.context import EstimatorContext, StageProgress
 from sensitivity.layers import LayerInfo
+from sensitivity.methods import parse_method_params
 from sensitivity.progress import Progress, no_progress
 from sensitivity.table import Choice, SensitivityTable
 
 
 def compute_table(
     method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
-    quant: QuantConfig, params: dict[str, Any], progress: Progress = no_progress, *,
+    quant: QuantScheme, params: dict[str, Any], progress: Progress = no_progress, *,
     cache: TableCache | None = None, use_cache: bool = True, checkpoint_interval_s: float = 10.0,
 ) -> SensitivityTable:
+    config = parse_method_params(method, params)
     estimator = get_estimator(method)
     params = dict(params)
     choices = sorted(choices)
+
+    def run(checkpoint: Checkpoint) -> SensitivityTable:
+        ctx = EstimatorContext(bundle, layers, choices, quant, StageProgress(progress), checkpoint)
+        return estimator(ctx, config)
+
     if not use_cache:
-        table = estimator(bundle, layers, choices, quant, params, progress)
+        table = run(NO_CHECKPOINT)
         table.meta["cache"] = "off"
         return table
     cache = cache or TableCache()
     start = time.perf_counter()
-    key = table_key(method, bundle, layers, choices, quant, params)
+    key = table_key(method, bundle, layers, choices, quant, params)  # the user's params: keys stay put
     hit = cache.load(key)
     if hit is not None:
         hit.meta.update(cache="hit", cache_key=key, cache_seconds=time.perf_counter() - start)
         progress("sensitivity", 1.0, f"{method}: reused cached table {key[:12]}")
         return hit
     ckpt = Checkpoint(cache.partial_path(key), interval_s=checkpoint_interval_s)
-    resumed = ckpt.load() is not None
-    with using_checkpoint(ckpt):
-        table = estimator(bundle, layers, choices, quant, params, progress)
+    resumed = ckpt.stored() is not None
+    table = run(ckpt)
     table.meta.update(cache="miss", cache_key=key, resumed=resumed)
     cache.store(key, table)
     ckpt.clear()

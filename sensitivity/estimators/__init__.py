@@ -1,47 +1,26 @@
 """Sensitivity estimators: each fills one SensitivityTable (DESIGN §4).
 
-An estimator is `estimate(bundle, layers, choices, quant, params, progress)`
-returning a SensitivityTable; `METHODS` maps method names to them.
+Each method's module here exposes `estimate(ctx, config) -> SensitivityTable`
+(`context.EstimatorContext`, and the method's validated config). The registry of
+methods, their configs and modules is `sensitivity.methods.METHODS`;
+`get_estimator` imports a method's module on first use. Estimators share code
+through modules that are not estimators (`traces`, `hutchinson`, `context`),
+never through each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING
 
-from kernels.quantizer import QuantConfig
-from sensitivity.bundle import ModelBundle
-from sensitivity.layers import LayerInfo
-from sensitivity.progress import Progress
-from sensitivity.table import Choice, SensitivityTable
+from sensitivity.methods import METHODS, get_method, method_names
 
-Estimator = Callable[
-    [ModelBundle, Sequence[LayerInfo], Sequence[Choice], QuantConfig, dict[str, Any], Progress],
-    SensitivityTable,
-]
+if TYPE_CHECKING:
+    from sensitivity.estimators.context import Estimator
 
-
-def _methods() -> dict[str, Estimator]:
-    from sensitivity.estimators import empirical, fisher, hawq_v1, hawq_v2, interlayer, lrp
-
-    return {
-        "hawq_v1": hawq_v1.estimate,
-        "hawq_v2": hawq_v2.estimate,
-        "fisher": fisher.estimate,
-        "empirical": empirical.estimate,
-        "lrp": lrp.estimate,
-        "interlayer": interlayer.estimate,
-    }
-
-
-METHODS: dict[str, Estimator] = _methods()
-
-
-def method_names() -> list[str]:
-    return sorted(METHODS)
+__all__ = ["METHODS", "get_estimator", "method_names"]
 
 
 def get_estimator(method: str) -> Estimator:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(method_names())}")
-    return METHODS[method]
+    """The method's `estimate`; ValueError listing the methods for an unknown one."""
+    return importlib.import_module(get_method(method).module).estimate

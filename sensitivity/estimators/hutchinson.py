@@ -1,19 +1,22 @@
 """Per-layer Hessian traces by Hutchinson's estimator, Tr(H_ll) = E[vᵀ H_ll v] with
 Rademacher v, stopping per layer on the standard error of the mean (DESIGN §4).
 
-Modes: `exact` probes one layer at a time (no cross-layer noise); `shared` probes
-all layers with one vector and splits vᵀHv per layer (one HVP per probe, unbiased,
-but the off-diagonal blocks add variance).
+How a sample is drawn is a strategy (`ProbeEngine`); the loop that draws rounds
+of samples, stops layers, checkpoints and reports is the same for all of them:
 
-Engines for `exact`: `hvp` (double backward through one graph per calibration
-batch, a block of probes per call); and, for bundles whose loss is zero-residual
-(the Hessian is then exactly the Gauss–Newton matrix Jᵀ H_out J), `jvp` (forward
-mode, the same sample vᵀH_ll v = (J_l v)ᵀ H_out (J_l v) as `hvp`), `gn` (probes
-u ~ H_out^{1/2} in output space: one backward gives Σ_s ‖J_{l,s}ᵀ u_s‖² for every
-layer at once, per-sample so cross-sample terms add no noise) and `gn_joint`
-(‖J_lᵀ u‖², cross-sample terms kept). `auto` picks `gn` for zero-residual
-bundles, `hvp` otherwise. The `fisher` method runs the `gn` engines on any
-bundle with an output loss (then the Gauss–Newton/Fisher trace, not the Hessian's).
+- `HessianEngine` (`hvp`, mode `exact`): double backward through one graph per
+  calibration batch, probing one layer at a time (no cross-layer noise);
+- `SharedHessianEngine` (`hvp`, mode `shared`): one probe over all layers, vᵀHv
+  split per layer (one HVP per probe, unbiased, but the off-diagonal blocks add
+  variance);
+- for bundles whose loss is zero-residual (the Hessian is then exactly the
+  Gauss–Newton matrix Jᵀ H_out J): `TangentEngine` (`jvp`, forward mode, the
+  same sample vᵀH_ll v = (J_l v)ᵀ H_out (J_l v) as `hvp`), `GaussNewtonEngine`
+  (`gn`: probes u ~ H_out^{1/2} in output space, one backward gives
+  Σ_s ‖J_{l,s}ᵀ u_s‖² for every layer at once, per sample so cross-sample terms
+  add no noise) and `JointGaussNewtonEngine` (`gn_joint`: ‖J_lᵀ u‖², cross-sample
+  terms kept). `fisher` runs the `gn` engines on any bundle with an output loss
+  (then the Gauss–Newton/Fisher trace, not the Hessian's).
 
 Each round draws `block` samples per unfinished layer; a sample is the
 batch-size-weighted mean of vᵀH_b v over the calibration batches. The state
@@ -23,55 +26,130 @@ batch-size-weighted mean of vᵀH_b v over the calibration batches. The state
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from sensitivity.bundle import ModelBundle
-from sensitivity.checkpoint import current_checkpoint, generator_state, restore_generator
+from sensitivity.checkpoint import generator_state, restore_generator
+from sensitivity.estimators.context import EstimatorContext, StageProgress, WeightedBatch
 from sensitivity.gauss_newton import OutputGraph, output_probe_norms, tangent_quadratics
 from sensitivity.hvp import LossGraph, rademacher
-from sensitivity.params import check_fraction, check_positive_int
+from sensitivity.methods import ProbeSettings
 from sensitivity.perturb import Perturbation, frozen
-from sensitivity.progress import Progress, no_progress
 from sensitivity.stats import RunningMean
 
-MODES = ("exact", "shared")
-ENGINES = ("auto", "hvp", "jvp", "gn", "gn_joint")
-GN_ENGINES = ("gn", "gn_joint")
-# Measured on the 2-core CPU box: batching double-backward HVPs (vmap over the
-# backward) costs more than it saves on small convolutions; forward-mode tangents
-# and output-space probes batch well.
-DEFAULT_BLOCK = {"hvp": 1, "jvp": 8, "gn": 8, "gn_joint": 8}
+Samples = dict[int, torch.Tensor]  # layer index -> (block,) float64 samples being summed
 
 
-@dataclass(frozen=True)
-class TraceParams:
-    mode: str = "exact"
-    tol: float = 0.05  # relative standard error to stop at
-    min_probes: int = 8
-    max_probes: int = 100
-    seed: int = 0
-    engine: str = "auto"
-    block: int = 0  # probes per layer per round, evaluated together; 0: the engine's default
+class ProbeEngine(ABC):
+    """One way to draw trace samples. `add_samples` adds `share` × k samples of each
+    active layer's trace on one calibration batch to `sample[i]` and returns the
+    evaluations spent (HVPs, forward-mode tangents or backward passes)."""
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"trace mode must be one of {MODES}, got {self.mode!r}")
-        check_fraction("tol", self.tol)
-        check_positive_int("min_probes", self.min_probes, 2)
-        check_positive_int("max_probes", self.max_probes, 2)
-        if self.min_probes > self.max_probes:
-            raise ValueError("need 2 <= min_probes <= max_probes")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
-        if self.engine != "auto" and self.engine != "hvp" and self.mode != "exact":
-            raise ValueError(f"engine={self.engine!r} needs mode='exact'")
-        check_positive_int("block", self.block, 0)
+    name: str  # what the table reports as meta["engine"]
+    # Measured on the 2-core CPU box: batching double-backward HVPs (vmap over the
+    # backward) costs more than it saves on small convolutions; forward-mode tangents
+    # and output-space probes batch well.
+    default_block: int
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def __init__(self, pert: Perturbation, single_batch: bool):
+        self.pert = pert
+        self.single_batch = single_batch  # graphs of the one batch are kept between rounds
+        self._graphs: dict[int, LossGraph | OutputGraph] = {}
+
+    @abstractmethod
+    def add_samples(self, b: int, wb: WeightedBatch, k: int, gen: torch.Generator,
+                    active: list[int], sample: Samples) -> int: ...
+
+    def _graph(self, b: int, build):
+        graph = self._graphs.get(b) or build()
+        if self.single_batch:
+            self._graphs[b] = graph
+        return graph
+
+
+class GaussNewtonEngine(ProbeEngine):
+    name, default_block = "gn", 8
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        og = self._graph(b, lambda: OutputGraph(self.pert, wb.batch, active))  # one forward per batch
+        norms = og.probe_norms(k, gen, active)
+        for c, i in enumerate(active):
+            sample[i] += wb.share * norms[:, c]
+        return k
+
+
+class JointGaussNewtonEngine(ProbeEngine):
+    name, default_block = "gn_joint", 8
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        norms = output_probe_norms(self.pert, wb.batch, k, gen, layers=active)
+        for c, i in enumerate(active):
+            sample[i] += wb.share * norms[:, c]
+        return k
+
+
+class TangentEngine(ProbeEngine):
+    name, default_block = "jvp", 8
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        for i in active:
+            v = rademacher((k, *self.pert.shape(i)), gen)
+            sample[i] += wb.share * tangent_quadratics(self.pert, wb.batch, i, v)
+        return k * len(active)
+
+
+class HessianEngine(ProbeEngine):
+    name, default_block = "hvp", 1
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        graph = self._graph(b, lambda: LossGraph(self.pert, wb.batch, only=active))
+        for i in active:
+            v = rademacher((k, *self.pert.shape(i)), gen)
+            hv = graph.block_hvp(i, v, batched=True)
+            sample[i] += wb.share * _rowdots(v, hv)
+        return k * len(active)
+
+
+class SharedHessianEngine(ProbeEngine):
+    name, default_block = "hvp", 1
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        graph = self._graph(b, lambda: LossGraph(self.pert, wb.batch, only=active))
+        for j in range(k):
+            vs = [rademacher(self.pert.shape(i), gen) if i in sample else None
+                  for i in range(len(self.pert.names))]
+            for i, hv in zip(active, graph.hvp(vs, active)):
+                sample[i][j] += wb.share * _rowdots(vs[i][None], hv[None])[0]
+        return k
+
+
+ENGINES: dict[str, type[ProbeEngine]] = {
+    "hvp": HessianEngine, "jvp": TangentEngine, "gn": GaussNewtonEngine, "gn_joint": JointGaussNewtonEngine,
+}
+
+
+def hessian_engine(bundle: ModelBundle, engine: str, mode: str) -> type[ProbeEngine]:
+    """The engine for Hessian traces (hawq_v2): `auto` is `gn` for zero-residual bundles
+    in exact mode, `hvp` otherwise; the output-space engines need a zero-residual loss."""
+    if engine in ("jvp", "gn", "gn_joint"):
+        if not bundle.zero_residual:
+            raise ValueError(f"engine={engine!r} needs a bundle whose output loss is "
+                             "zero-residual (its Hessian is then Jᵀ H_out J); use engine='hvp', "
+                             "or method 'fisher' for the Gauss–Newton trace")
+        return ENGINES[engine]
+    if engine == "auto" and mode == "exact" and bundle.zero_residual:
+        return GaussNewtonEngine
+    return SharedHessianEngine if mode == "shared" else HessianEngine
+
+
+def gauss_newton_engine(bundle: ModelBundle, engine: str) -> type[ProbeEngine]:
+    """The engine for Gauss–Newton traces (fisher), on any bundle with an output loss."""
+    bundle.require_output_loss("fisher")
+    return JointGaussNewtonEngine if engine == "gn_joint" else GaussNewtonEngine
 
 
 @dataclass
@@ -82,109 +160,47 @@ class TraceResult:
     engine: str
 
 
-def resolve_engine(bundle: ModelBundle, params: TraceParams, gauss_newton: bool = False) -> str:
-    """The engine to run. `gauss_newton=True` (the fisher method) accepts the output-space
-    engines on any bundle with an output loss; otherwise they need a zero-residual loss."""
-    if gauss_newton:
-        bundle.require_output_loss("fisher")
-        if params.engine not in ("auto",) + GN_ENGINES:
-            raise ValueError(f"fisher runs engine 'gn' or 'gn_joint', got {params.engine!r}")
-        return "gn" if params.engine == "auto" else params.engine
-    if params.engine in ("jvp",) + GN_ENGINES:
-        if not bundle.zero_residual:
-            raise ValueError(f"engine={params.engine!r} needs a bundle whose output loss is "
-                             "zero-residual (its Hessian is then Jᵀ H_out J); use engine='hvp', "
-                             "or method 'fisher' for the Gauss–Newton trace")
-        return params.engine
-    if params.engine == "auto" and params.mode == "exact" and bundle.zero_residual:
-        return "gn"
-    return "hvp"
-
-
-def hutchinson_traces(
-    bundle: ModelBundle, names: Sequence[str], params: TraceParams,
-    progress: Progress = no_progress, gauss_newton: bool = False,
-) -> TraceResult:
+def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
+                      probes: ProbeSettings) -> TraceResult:
     start = time.perf_counter()
-    engine = resolve_engine(bundle, params, gauss_newton)
-    pert = Perturbation(bundle, names)
-    gen = torch.Generator().manual_seed(params.seed)
+    names = ctx.names
+    engine = engine_type(Perturbation(ctx.bundle, names), ctx.single_batch)
+    gen = torch.Generator().manual_seed(probes.seed)
     stats = {n: RunningMean() for n in names}
     hvps = 0
-    ckpt = current_checkpoint()
-    saved = ckpt.load()
-    if saved and saved.get("kind") == "hutchinson":
+    saved = ctx.checkpoint.load("hutchinson")
+    if saved:
         stats = {n: RunningMean.from_state(s) for n, s in saved["stats"].items()}
         hvps = saved["hvps"]
         restore_generator(gen, saved["generator"])
-    total = sum(bundle.batch_size(b) for b in bundle.calibration)
-    single = len(bundle.calibration) == 1
-    graphs: dict[int, LossGraph | OutputGraph] = {}
-    active = [i for i, n in enumerate(names) if not _done(stats[n], params)]
+    active = [i for i, n in enumerate(names) if not _done(stats[n], probes)]
     round_seconds: list[float] = []
-    with frozen(bundle.model):
+    with frozen(ctx.bundle.model):
         while active:
             t0 = time.perf_counter()
-            k = params.block or DEFAULT_BLOCK[engine]
+            k = probes.block or engine.default_block
             sample = {i: torch.zeros(k, dtype=torch.float64) for i in active}
-            for b, batch in enumerate(bundle.calibration):
-                share = bundle.batch_size(batch) / total
-                if engine == "gn":  # one forward per batch (kept for a single batch)
-                    og = graphs.get(b) or OutputGraph(pert, batch, active)
-                    if single:
-                        graphs[b] = og
-                    norms = og.probe_norms(k, gen, active)
-                    for c, i in enumerate(active):
-                        sample[i] += share * norms[:, c]
-                    hvps += k
-                    continue
-                if engine == "gn_joint":
-                    norms = output_probe_norms(pert, batch, k, gen, layers=active)
-                    for c, i in enumerate(active):
-                        sample[i] += share * norms[:, c]
-                    hvps += k
-                    continue
-                if engine == "jvp":
-                    for i in active:
-                        v = rademacher((k, *pert.shape(i)), gen)
-                        sample[i] += share * tangent_quadratics(pert, batch, i, v)
-                        hvps += k
-                    continue
-                graph = graphs.get(b) or LossGraph(pert, batch, only=active)
-                if single:
-                    graphs[b] = graph
-                if params.mode == "exact":
-                    for i in active:
-                        v = rademacher((k, *pert.shape(i)), gen)
-                        hv = graph.block_hvp(i, v, batched=True)
-                        sample[i] += share * _rowdots(v, hv)
-                        hvps += k
-                else:
-                    for j in range(k):
-                        vs = [rademacher(pert.shape(i), gen) if i in sample else None
-                              for i in range(len(names))]
-                        for i, hv in zip(active, graph.hvp(vs, active)):
-                            sample[i][j] += share * _rowdots(vs[i][None], hv[None])[0]
-                        hvps += 1
-                if not single:
-                    del graph
+            for b, wb in enumerate(ctx.batches):
+                hvps += engine.add_samples(b, wb, k, gen, active, sample)
             for i in active:
                 for x in sample[i].tolist():
                     stats[names[i]].add(x)
-            active = [i for i in active if not _done(stats[names[i]], params)]
+            active = [i for i in active if not _done(stats[names[i]], probes)]
             round_seconds.append(time.perf_counter() - t0)
-            ckpt.save({"kind": "hutchinson", "stats": {n: s.to_state() for n, s in stats.items()},
-                       "hvps": hvps, "generator": generator_state(gen)})
-            _report(progress, names, stats, active, params, k, hvps, round_seconds)
-    return TraceResult(stats, hvps, time.perf_counter() - start, engine)
+            ctx.checkpoint.save("hutchinson", {"stats": {n: s.to_state() for n, s in stats.items()},
+                                               "hvps": hvps, "generator": generator_state(gen)})
+            _report(ctx.progress, names, stats, active, probes, k, hvps, round_seconds)
+    return TraceResult(stats, hvps, time.perf_counter() - start, engine.name)
 
 
-def _done(stats: RunningMean, params: TraceParams) -> bool:
-    return stats.done(params.tol, params.min_probes, params.max_probes)
+def _done(stats: RunningMean, probes: ProbeSettings) -> bool:
+    return stats.done(probes.tol, probes.min_probes, probes.max_probes)
 
 
-def _report(progress, names, stats, active, params, block, hvps, round_seconds) -> None:
-    needed = {i: stats[names[i]].probes_needed(params.tol, params.max_probes) for i in active}
+def _report(progress: StageProgress, names: Sequence[str], stats: dict[str, RunningMean],
+            active: list[int], probes: ProbeSettings, block: int, hvps: int,
+            round_seconds: list[float]) -> None:
+    needed = {i: stats[names[i]].probes_needed(probes.tol, probes.max_probes) for i in active}
     rounds_left = max(((needed[i] - stats[names[i]].n) / block for i in active), default=0)
     recent = sum(round_seconds[-3:]) / len(round_seconds[-3:])
     eta = max(rounds_left, 0) * recent
@@ -197,7 +213,7 @@ def _report(progress, names, stats, active, params, block, hvps, round_seconds) 
                f"rel. error {stats[names[worst]].rel_error:.1%}; {hvps} HVPs; ~{eta:.0f}s left")
     else:
         msg = f"{done}/{len(names)} layers converged; {hvps} HVPs"
-    progress("sensitivity", frac, msg)
+    progress(frac, msg)
 
 
 def _rowdots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

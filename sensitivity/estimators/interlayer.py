@@ -15,31 +15,25 @@ layer order):
 
 Pairs go to `table.pairs[(a, b)] = {(choice_a, choice_b): value}` with a before b
 (every choice pair; a 16-bit choice is its fp16 storage rounding, tiny).
-Params: window (default 2), pairs (default "hessian"), and with Hessian pairs every
-`hawq_v2` parameter (measured pairs take none: nothing is estimated).
+Params (`sensitivity.methods.InterlayerConfig`): window (default 2), pairs (default
+"hessian"), and with Hessian pairs every `hawq_v2` parameter (measured pairs take
+none: nothing is estimated).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from kernels.quantizer import QuantConfig
-from sensitivity.bundle import ModelBundle
-from sensitivity.checkpoint import current_checkpoint
-from sensitivity.estimators import hawq_v2
+from sensitivity.estimators.context import EstimatorContext
+from sensitivity.estimators.traces import hessian_traces, trace_table
 from sensitivity.hvp import LossGraph
-from sensitivity.layers import LayerInfo
 from sensitivity.measure import QuantizedWeights, calibration_loss, loss_with
-from sensitivity.params import check_positive_int, split_params
+from sensitivity.methods import InterlayerConfig
 from sensitivity.perturb import Perturbation, frozen
-from sensitivity.progress import Progress
 from sensitivity.table import Choice, SensitivityTable
 
-PAIR_MODES = ("hessian", "measured")
 Pairs = dict[tuple[str, str], dict[tuple[Choice, Choice], float]]
 
 
@@ -47,66 +41,44 @@ def neighbour_pairs(n: int, window: int) -> list[tuple[int, int]]:
     return [(i, j) for j in range(n) for i in range(max(0, j - window), j)]
 
 
-def estimate(
-    bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
-    quant: QuantConfig, params: dict[str, Any], progress: Progress,
-) -> SensitivityTable:
+def estimate(ctx: EstimatorContext, config: InterlayerConfig) -> SensitivityTable:
     start = time.perf_counter()
-    own, rest = split_params(params, ["window", "pairs"])
-    window = own.get("window", 2)
-    mode = own.get("pairs", "hessian")
-    check_positive_int("window", window)
-    if mode not in PAIR_MODES:
-        raise ValueError(f"interlayer: pairs must be one of {PAIR_MODES}, got {mode!r}")
-    names = [layer.name for layer in layers]
-    if mode == "measured":
-        if rest:
-            raise ValueError(f"interlayer: with pairs='measured' every term is measured, so "
-                             f"{', '.join(sorted(rest))} do not apply; accepted: window, pairs")
-        omega, pairs, base, count = measured_terms(bundle, names, choices, quant, window, progress)
+    if config.pairs == "measured":
+        omega, pairs, base, count = measured_terms(ctx, config.window)
         seconds = time.perf_counter() - start
         return SensitivityTable(
             method="interlayer", omega=omega, layer_stats={}, pairs=pairs,
-            meta={"params": {"window": window, "pairs": mode}, "fp_loss": base,
+            meta={"params": config.meta_params(), "fp_loss": base,
                   "pair_forward_passes": count, "pair_seconds": seconds, "seconds": seconds})
-    try:
-        trace, backend = hawq_v2.parse_params(rest, "interlayer")
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("accepted: ", "accepted: window, pairs, ")) from None
-    ckpt = current_checkpoint()
-    saved = ckpt.load()
-    if saved and saved.get("kind") == "interlayer":
+    saved = ctx.checkpoint.load("interlayer")
+    if saved:  # the per-layer terms were done; params restated (older checkpoints lack window, pairs)
         table = SensitivityTable.from_json(saved["table"])
+        table.meta["params"] = config.meta_params()
     else:
-        table = hawq_v2.trace_table("interlayer", bundle, layers, choices, quant, trace, backend, progress)
-        ckpt.save({"kind": "interlayer", "table": table.to_json()}, force=True)
+        table = trace_table(ctx, "interlayer", hessian_traces(ctx, config.hessian), config.meta_params())
+        ctx.checkpoint.save("interlayer", {"table": table.to_json()}, force=True)
     pairs_t0 = time.perf_counter()
-    table.pairs, table.meta["pair_hvps"] = hessian_pairs(bundle, names, choices, quant, window,
-                                                         progress)
-    table.meta["params"].update({"window": window, "pairs": mode})
+    table.pairs, table.meta["pair_hvps"] = hessian_pairs(ctx, config.window)
     table.meta["pair_seconds"] = time.perf_counter() - pairs_t0
     table.meta["seconds"] = time.perf_counter() - start
     return table
 
 
-def hessian_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[Choice],
-                  quant: QuantConfig, window: int, progress: Progress) -> tuple[Pairs, int]:
-    pert = Perturbation(bundle, names)
-    qw = QuantizedWeights(bundle.model, quant)
+def hessian_pairs(ctx: EstimatorContext, window: int) -> tuple[Pairs, int]:
+    names, choices = ctx.names, ctx.choices
+    pert = Perturbation(ctx.bundle, names)
+    qw = QuantizedWeights(ctx.bundle.model, ctx.scheme)
     quantized = list(choices)
     deltas = {(i, c): pert.restrict(i, qw.delta(n, c)) for i, n in enumerate(names) for c in quantized}
-    total = sum(bundle.batch_size(b) for b in bundle.calibration)
     pairs = {(names[i], names[j]): {(ca, cb): 0.0 for ca in choices for cb in choices}
              for i, j in neighbour_pairs(len(names), window)}
     hvps = 0
-    single = len(bundle.calibration) == 1
     graph = None
-    with frozen(bundle.model):
+    with frozen(ctx.bundle.model):
         for j in range(1, len(names)):
             targets = list(range(max(0, j - window), j))
-            for batch in bundle.calibration:
-                share = bundle.batch_size(batch) / total
-                graph = graph if single and graph is not None else LossGraph(pert, batch)
+            for wb in ctx.batches:
+                graph = graph if ctx.single_batch and graph is not None else LossGraph(pert, wb.batch)
                 for cj in quantized:
                     vs = [None] * len(names)
                     vs[j] = deltas[(j, cj)]
@@ -114,18 +86,18 @@ def hessian_pairs(bundle: ModelBundle, names: Sequence[str], choices: Sequence[C
                         h = h.double()
                         for ci in quantized:
                             val = float((deltas[(i, ci)].double() * h).sum())
-                            pairs[(names[i], names[j])][(ci, cj)] += share * val
+                            pairs[(names[i], names[j])][(ci, cj)] += wb.share * val
                     hvps += 1
-            progress("sensitivity", j / (len(names) - 1), f"pair terms of {names[j]}: {hvps} HVPs")
+            ctx.progress(j / (len(names) - 1), f"pair terms of {names[j]}: {hvps} HVPs")
     return pairs, hvps
 
 
 @torch.no_grad()
-def measured_terms(bundle: ModelBundle, names: Sequence[str], choices: Sequence[Choice],
-                   quant: QuantConfig, window: int, progress: Progress):
+def measured_terms(ctx: EstimatorContext, window: int):
     """(Ω, pairs, full-precision loss, forward passes), all measured."""
-    qw = QuantizedWeights(bundle.model, quant)
-    quantized = list(choices)
+    bundle, names = ctx.bundle, ctx.names
+    qw = QuantizedWeights(bundle.model, ctx.scheme)
+    quantized = list(ctx.choices)
     base = calibration_loss(bundle)
     single = {(n, c): loss_with(bundle, qw, [(n, c)]) for n in names for c in quantized}
     forwards = 1 + len(single)
@@ -133,13 +105,13 @@ def measured_terms(bundle: ModelBundle, names: Sequence[str], choices: Sequence[
     todo = neighbour_pairs(len(names), window)
     for k, (i, j) in enumerate(todo):
         a, b = names[i], names[j]
-        vals = {(ca, cb): 0.0 for ca in choices for cb in choices}
+        vals = {(ca, cb): 0.0 for ca in ctx.choices for cb in ctx.choices}
         for ca in quantized:
             for cb in quantized:
                 both = loss_with(bundle, qw, [(a, ca), (b, cb)])
                 vals[(ca, cb)] = both - single[(a, ca)] - single[(b, cb)] + base
                 forwards += 1
         pairs[(a, b)] = vals
-        progress("sensitivity", (k + 1) / len(todo), f"measured pair {a} × {b}")
+        ctx.progress((k + 1) / len(todo), f"measured pair {a} × {b}")
     omega = {n: {c: single[(n, c)] - base for c in quantized} for n in names}
     return omega, pairs, base, forwards * len(bundle.calibration)

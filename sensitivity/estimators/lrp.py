@@ -2,42 +2,25 @@
 from layer-wise relevance propagation over the calibration data, Σ|R| at the
 layer's output normalised so Σ_l R_l = 1.
 
-Params: rules ("auto": captum for models without LayerNorm, modified_gradient
-otherwise; "captum"; "modified_gradient"), eps (epsilon rule, default 1e-6).
-layer_stats carry R_l and `conservation` = Σ R at the layer / output relevance.
+Params (`sensitivity.methods.LRPConfig`): rules ("auto": captum for models without
+LayerNorm, modified_gradient otherwise; "captum"; "modified_gradient"), eps
+(epsilon rule, default 1e-6). layer_stats carry R_l and `conservation` = Σ R at
+the layer / output relevance.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from torch import nn
 
-from kernels.quantizer import QuantConfig
 from sensitivity.bundle import ModelBundle
-from sensitivity.layers import LayerInfo
+from sensitivity.estimators.context import EstimatorContext, StageProgress
 from sensitivity.lrp.relevance import LayerRelevance
-from sensitivity.omega import quant_errors, weight_norms
-from sensitivity.params import build_params
-from sensitivity.progress import Progress
-from sensitivity.table import Choice, SensitivityTable
-
-RULES = ("auto", "captum", "modified_gradient")
-
-
-@dataclass(frozen=True)
-class LRPParams:
-    rules: str = "auto"
-    eps: float = 1e-6
-
-    def __post_init__(self):
-        if self.rules not in RULES:
-            raise ValueError(f"rules must be one of {RULES}, got {self.rules!r}")
-        if not isinstance(self.eps, (int, float)) or self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps!r}")
+from sensitivity.methods import LRPConfig
+from sensitivity.omega import weight_norms
+from sensitivity.table import SensitivityTable
 
 
 def resolve_rules(bundle: ModelBundle, rules: str) -> str:
@@ -47,10 +30,10 @@ def resolve_rules(bundle: ModelBundle, rules: str) -> str:
     return "modified_gradient" if transformer or bundle.inputs is None else "captum"
 
 
-def layer_relevance(bundle: ModelBundle, names: Sequence[str], p: LRPParams,
-                    progress: Progress) -> tuple[LayerRelevance, str]:
+def layer_relevance(bundle: ModelBundle, names: Sequence[str], config: LRPConfig,
+                    progress: StageProgress) -> tuple[LayerRelevance, str]:
     bundle.require_output_loss("lrp")
-    rules = resolve_rules(bundle, p.rules)
+    rules = resolve_rules(bundle, config.rules)
     total: LayerRelevance | None = None
     if rules == "captum":
         from sensitivity.lrp import captum_rules
@@ -60,25 +43,21 @@ def layer_relevance(bundle: ModelBundle, names: Sequence[str], p: LRPParams,
     else:
         from sensitivity.lrp import modified_gradient
 
-        run = lambda batch: modified_gradient.batch_relevance(bundle, batch, names, p.eps)  # noqa: E731
+        run = lambda batch: modified_gradient.batch_relevance(bundle, batch, names, config.eps)  # noqa: E731
     for k, batch in enumerate(bundle.calibration):
         r = run(batch)
         total = r if total is None else total.add(r)
-        progress("sensitivity", (k + 1) / len(bundle.calibration), f"LRP ({rules}) batch {k + 1}")
+        progress((k + 1) / len(bundle.calibration), f"LRP ({rules}) batch {k + 1}")
     return total, rules
 
 
-def estimate(
-    bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
-    quant: QuantConfig, params: dict[str, Any], progress: Progress,
-) -> SensitivityTable:
+def estimate(ctx: EstimatorContext, config: LRPConfig) -> SensitivityTable:
     start = time.perf_counter()
-    p = build_params(LRPParams, params, "lrp")
-    names = [layer.name for layer in layers]
-    rel, rules = layer_relevance(bundle, names, p, progress)
+    names = ctx.names
+    rel, rules = layer_relevance(ctx.bundle, names, config, ctx.progress)
     r = rel.normalised()
-    errors = quant_errors(bundle.model, names, choices, quant)
-    norms = weight_norms(bundle.model, names)
+    errors = ctx.quant_errors()
+    norms = weight_norms(ctx.bundle.model, names)
     omega = {n: {c: r[n] * e / norms[n] if norms[n] > 0 else 0.0 for c, e in errors[n].items()}
              for n in names}
     return SensitivityTable(
@@ -86,6 +65,6 @@ def estimate(
         omega=omega,
         layer_stats={n: {"relevance": r[n], "conservation": rel.signed[n] / rel.output if rel.output else 0.0}
                      for n in names},
-        meta={"params": asdict(p), "rules": rules, "output_relevance": rel.output,
+        meta={"params": config.meta_params(), "rules": rules, "output_relevance": rel.output,
               "seconds": time.perf_counter() - start},
     )

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from sensitivity.bundle import ModelBundle
+from sensitivity.metrics import Metric
 from sensitivity.output_loss import CrossEntropyOutput, SquaredErrorOutput
 
 
@@ -15,8 +16,8 @@ def _bundle(name, model, batches, output_loss) -> ModelBundle:
 
     return ModelBundle(
         name=name, model=model, calibration=batches, forward=output,
-        loss=lambda m, b: output_loss(output(m, b), b), evaluate=lambda m: {}, quality_metric="none",
-        output=output, output_loss=output_loss, inputs=lambda b: (b["x"],),
+        loss=lambda m, b: output_loss(output(m, b), b), evaluate=lambda m: {},
+        metrics=[Metric("none", higher_is_better=True)], output_loss=output_loss, inputs=lambda b: (b["x"],),
     )
 
 

@@ -7,22 +7,10 @@ import pytest
 import torch
 from sens_dense import Dense
 from sens_models import tiny_cnn, tiny_distill_mlp, tiny_mlp
+from sens_run import hessian_trace_result, run_method
+from sens_run import used_layers as _layers
 
-from kernels.quantizer import QuantConfig
 from sensitivity.backends.pyhessian_backend import pyhessian_layer_eigenvalue
-from sensitivity.estimators import get_estimator
-from sensitivity.estimators.hutchinson import TraceParams, hutchinson_traces
-from sensitivity.layers import discover_layers
-
-CHOICES = [(2, 16), (4, 16), (16, 16)]
-
-
-def _quiet(*_):
-    pass
-
-
-def _layers(bundle):
-    return [layer for layer in discover_layers(bundle) if layer.used]
 
 
 def _top_abs_eigenvalue(block: torch.Tensor) -> float:
@@ -36,8 +24,7 @@ def test_hawq_v1_eigenvalues_match_dense(make):
     layers = _layers(bundle)
     dense = Dense(bundle, [layer.name for layer in layers])
     h = dense.hessian()
-    table = get_estimator("hawq_v1")(bundle, layers, CHOICES, QuantConfig(4),
-                                     {"tol": 1e-5, "max_iter": 200}, _quiet)
+    table = run_method("hawq_v1", bundle, {"tol": 1e-5, "max_iter": 200}, layers=layers)
     for i, layer in enumerate(layers):
         ref = _top_abs_eigenvalue(dense.block(h, i))
         ours = table.layer_stats[layer.name]["eigenvalue"]
@@ -49,10 +36,9 @@ def test_hawq_v1_eigenvalues_match_dense(make):
 def test_hawq_v1_pyhessian_backend_agrees():
     bundle = tiny_distill_mlp()  # one calibration batch, as PyHessian needs
     layers = _layers(bundle)
-    ours = get_estimator("hawq_v1")(bundle, layers, CHOICES, QuantConfig(4),
-                                    {"tol": 1e-6, "max_iter": 2000}, _quiet)
-    theirs = get_estimator("hawq_v1")(bundle, layers, CHOICES, QuantConfig(4),
-                                      {"tol": 1e-6, "max_iter": 2000, "backend": "pyhessian"}, _quiet)
+    ours = run_method("hawq_v1", bundle, {"tol": 1e-6, "max_iter": 2000}, layers=layers)
+    theirs = run_method("hawq_v1", bundle, {"tol": 1e-6, "max_iter": 2000, "backend": "pyhessian"},
+                        layers=layers)
     for layer in layers:
         a = ours.layer_stats[layer.name]["eigenvalue"]
         assert a == pytest.approx(theirs.layer_stats[layer.name]["eigenvalue"], rel=1e-2)
@@ -65,9 +51,8 @@ def test_fisher_traces_match_dense_gauss_newton(make, engine):
     layers = _layers(bundle)
     dense = Dense(bundle, [layer.name for layer in layers])
     g = dense.gauss_newton()
-    table = get_estimator("fisher")(bundle, layers, CHOICES, QuantConfig(4),
-                                    {"tol": 0.04, "min_probes": 16, "max_probes": 2000,
-                                     "engine": engine, "block": 32}, _quiet)
+    table = run_method("fisher", bundle, {"tol": 0.04, "min_probes": 16, "max_probes": 2000,
+                                          "engine": engine, "block": 32}, layers=layers)
     for i, layer in enumerate(layers):
         s = table.layer_stats[layer.name]
         ref = float(dense.block(g, i).diagonal().sum())
@@ -88,8 +73,8 @@ def test_jvp_engine_gives_the_same_samples_as_hvp():
     bundle = tiny_distill_mlp()
     names = [layer.name for layer in _layers(bundle)]
     params = dict(min_probes=12, max_probes=12, block=4, seed=3)
-    hvp = hutchinson_traces(bundle, names, TraceParams(engine="hvp", **params))
-    jvp = hutchinson_traces(bundle, names, TraceParams(engine="jvp", **params))
+    hvp = hessian_trace_result(bundle, names, engine="hvp", **params)
+    jvp = hessian_trace_result(bundle, names, engine="jvp", **params)
     assert jvp.engine == "jvp" and hvp.engine == "hvp"
     for n in names:
         assert jvp.stats[n].mean == pytest.approx(hvp.stats[n].mean, rel=1e-5)
@@ -102,29 +87,25 @@ def test_zero_residual_engines_match_dense_hessian_traces(engine):
     names = [layer.name for layer in _layers(bundle)]
     h = Dense(bundle, names).hessian()
     dense = Dense(bundle, names)
-    result = hutchinson_traces(bundle, names, TraceParams(engine=engine, tol=0.03, min_probes=16,
-                                                          max_probes=4000, block=16))
+    result = hessian_trace_result(bundle, names, engine=engine, tol=0.03, min_probes=16, max_probes=4000,
+                                  block=16)
     for i, n in enumerate(names):
         ref = float(dense.block(h, i).diagonal().sum())
         assert abs(result.stats[n].mean - ref) <= 4 * result.stats[n].stderr + 1e-6 * ref, (n, ref)
 
 
 def test_auto_engine_picks_output_space_probes_for_zero_residual_losses():
-    table = get_estimator("hawq_v2")(tiny_distill_mlp(), _layers(tiny_distill_mlp()), CHOICES,
-                                     QuantConfig(4), {"max_probes": 8}, _quiet)
+    table = run_method("hawq_v2", tiny_distill_mlp(), {"max_probes": 8})
     assert table.meta["engine"] == "gn"
-    table = get_estimator("hawq_v2")(tiny_mlp(), _layers(tiny_mlp()), CHOICES, QuantConfig(4),
-                                     {"max_probes": 8}, _quiet)
+    table = run_method("hawq_v2", tiny_mlp(), {"max_probes": 8})
     assert table.meta["engine"] == "hvp"
     with pytest.raises(ValueError, match="zero-residual"):
-        get_estimator("hawq_v2")(tiny_mlp(), _layers(tiny_mlp()), CHOICES, QuantConfig(4),
-                                 {"engine": "jvp"}, _quiet)
+        run_method("hawq_v2", tiny_mlp(), {"engine": "jvp"})
 
 
 def test_fisher_on_digits_cnn_is_positive_and_converges(digits_bundle):
     layers = _layers(digits_bundle)
-    table = get_estimator("fisher")(digits_bundle, layers, CHOICES, QuantConfig(4),
-                                    {"tol": 0.1, "max_probes": 64}, _quiet)
+    table = run_method("fisher", digits_bundle, {"tol": 0.1, "max_probes": 64}, layers=layers)
     for layer in layers:
         s = table.layer_stats[layer.name]
         assert s["trace"] > 0 and (s["rel_error"] <= 0.1 or s["probes"] == 64)
@@ -143,11 +124,12 @@ def test_embedding_perturbation_covers_only_used_rows():
     with torch.no_grad():
         target = model(ids).sum(1)
     from sensitivity.bundle import ModelBundle
+    from sensitivity.metrics import Metric
 
     loss = SquaredErrorOutput("target")
     bundle = ModelBundle("emb", model, [{"x": ids, "target": target}], forward=lambda m, b: m(b["x"]).sum(1),
                          loss=lambda m, b: loss(m(b["x"]).sum(1), b), evaluate=lambda m: {},
-                         quality_metric="none", output=lambda m, b: m(b["x"]).sum(1), output_loss=loss)
+                         metrics=[Metric("none", higher_is_better=True)], output_loss=loss)
     pert = Perturbation(bundle, ["0"])
     assert pert.rows[0].tolist() == [3, 7, 9]  # padding row 0 excluded
     def loss_of(w):
@@ -155,8 +137,8 @@ def test_embedding_perturbation_covers_only_used_rows():
 
     full = torch.autograd.functional.hessian(loss_of, model[0].weight.detach())
     trace = float(full.reshape(200, 200).diagonal().sum())
-    result = hutchinson_traces(bundle, ["0"], TraceParams(engine="hvp", tol=0.02, min_probes=16,
-                                                          max_probes=4000, block=16))
+    result = hessian_trace_result(bundle, ["0"], engine="hvp", tol=0.02, min_probes=16, max_probes=4000,
+                                  block=16)
     assert abs(result.stats["0"].mean - trace) <= 4 * result.stats["0"].stderr
 
 
@@ -164,9 +146,8 @@ def test_hawq_v2_pyhessian_backend_agrees_within_error():
     bundle = tiny_distill_mlp()
     layers = _layers(bundle)
     params = {"tol": 0.05, "min_probes": 16, "max_probes": 400, "block": 16}
-    ours = get_estimator("hawq_v2")(bundle, layers, CHOICES, QuantConfig(4), params, _quiet)
-    theirs = get_estimator("hawq_v2")(bundle, layers, CHOICES, QuantConfig(4),
-                                      {**params, "backend": "pyhessian", "seed": 1}, _quiet)
+    ours = run_method("hawq_v2", bundle, params, layers=layers)
+    theirs = run_method("hawq_v2", bundle, {**params, "backend": "pyhessian", "seed": 1}, layers=layers)
     assert theirs.meta["engine"] == "pyhessian"
     for layer in layers:
         a, b = ours.layer_stats[layer.name], theirs.layer_stats[layer.name]

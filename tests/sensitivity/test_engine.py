@@ -3,15 +3,15 @@ interrupted computation resumes, and bad parameters fail clearly."""
 
 import pytest
 from sens_models import tiny_distill_mlp, tiny_mlp
+from sens_run import CHOICES, run_method
 
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantScheme
 from sensitivity.cache import TableCache
 from sensitivity.engine import compute_table
-from sensitivity.estimators import METHODS, get_estimator
+from sensitivity.estimators import get_estimator, hawq_v2
 from sensitivity.layers import discover_layers
 
-CHOICES = [(2, 16), (4, 16), (16, 16)]
-QUANT = QuantConfig(4, group_size=4)
+QUANT = QuantScheme(group_size=4)
 
 
 class Stop(Exception):
@@ -28,8 +28,8 @@ def _layers(bundle):
 
 def test_second_run_is_a_cache_hit_with_the_same_table(tmp_path, monkeypatch):
     calls = []
-    real = METHODS["hawq_v2"]
-    monkeypatch.setitem(METHODS, "hawq_v2", lambda *a: calls.append(1) or real(*a))
+    real = hawq_v2.estimate
+    monkeypatch.setattr(hawq_v2, "estimate", lambda *a: calls.append(1) or real(*a))
     bundle = tiny_mlp()
     params = {"max_probes": 16, "tol": 0.2}
     cache = TableCache(tmp_path)
@@ -56,7 +56,7 @@ def test_second_run_is_a_cache_hit_with_the_same_table(tmp_path, monkeypatch):
 def test_interrupted_run_resumes_to_the_same_table(tmp_path, method, params, make):
     bundle = make()
     layers = _layers(bundle)
-    reference = get_estimator(method)(bundle, layers, CHOICES, QUANT, dict(params), _quiet)
+    reference = run_method(method, bundle, params, scheme=QUANT, layers=layers)
     reports = []
 
     def interrupt(stage, fraction, message):
@@ -89,8 +89,8 @@ def test_interrupted_run_resumes_to_the_same_table(tmp_path, method, params, mak
 ])
 def test_unknown_params_list_the_accepted_ones(method, accepted):
     bundle = tiny_mlp()
-    with pytest.raises(ValueError, match=f"unknown parameter.*bogus.*accepted: {accepted}"):
-        get_estimator(method)(bundle, _layers(bundle), CHOICES, QUANT, {"bogus": 1}, _quiet)
+    with pytest.raises(ValueError, match=f"^{method}: unknown parameter.*bogus.*accepted: {accepted}"):
+        run_method(method, bundle, {"bogus": 1}, scheme=QUANT)
 
 
 @pytest.mark.parametrize("method, params, match", [
@@ -104,20 +104,33 @@ def test_unknown_params_list_the_accepted_ones(method, accepted):
 ])
 def test_bad_param_values_raise(method, params, match):
     bundle = tiny_mlp()
-    with pytest.raises(ValueError, match=match):
-        get_estimator(method)(bundle, _layers(bundle), CHOICES, QUANT, params, _quiet)
+    with pytest.raises(ValueError, match=f"^{method}: .*{match}"):
+        run_method(method, bundle, params, scheme=QUANT)
+
+
+def test_bad_params_fail_before_anything_runs_or_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setattr(hawq_v2, "estimate", lambda *a: pytest.fail("the estimator ran"))
+    bundle = tiny_mlp()
+    with pytest.raises(ValueError, match="tol must be in"):
+        compute_table("hawq_v2", bundle, _layers(bundle), CHOICES, QUANT, {"tol": 2}, _quiet,
+                      cache=TableCache(tmp_path))
+    assert not list(tmp_path.iterdir())
 
 
 def test_unknown_method_lists_methods():
-    with pytest.raises(ValueError, match="empirical, fisher, hawq_v1, hawq_v2, interlayer, lrp"):
+    with pytest.raises(ValueError, match="unknown method 'hawq_v3'; methods: "
+                                         "empirical, fisher, hawq_v1, hawq_v2, interlayer, lrp"):
         get_estimator("hawq_v3")
+    bundle = tiny_mlp()
+    with pytest.raises(ValueError, match="unknown method 'hawq_v3'"):
+        run_method("hawq_v3", bundle)
 
 
 def test_progress_reports_layer_probes_error_and_time_left():
     bundle = tiny_mlp()
     reports = []
-    get_estimator("hawq_v2")(bundle, _layers(bundle), CHOICES, QUANT,
-                             {"min_probes": 8, "max_probes": 16, "tol": 0.01}, lambda *a: reports.append(a))
+    run_method("hawq_v2", bundle, {"min_probes": 8, "max_probes": 16, "tol": 0.01}, scheme=QUANT,
+               progress=lambda *a: reports.append(a))
     stage, fraction, message = reports[0]
     assert stage == "sensitivity" and 0 <= fraction <= 1
     assert "probes" in message and "rel. error" in message and "s left" in message

@@ -4,14 +4,16 @@ import math
 
 import pytest
 import torch
+from sens_run import hessian_trace_result, run_method
 from torch import nn
 
-from kernels.quantizer import QuantConfig, quantization_error
+from kernels.quantizer import quantization_error
+from kernels.scheme import QuantConfig
 from sensitivity.backends.pyhessian_backend import pyhessian_layer_trace
 from sensitivity.bundle import ModelBundle
-from sensitivity.estimators import get_estimator
-from sensitivity.estimators.hutchinson import TraceParams, hutchinson_traces
 from sensitivity.layers import discover_layers
+from sensitivity.methods import FisherConfig, HawqV2Config, InterlayerConfig
+from sensitivity.metrics import Metric
 from sensitivity.stats import RunningMean
 
 CHOICES = [(2, 16), (4, 16), (8, 16), (16, 16)]
@@ -25,7 +27,7 @@ def _tiny_mlp_bundle() -> ModelBundle:
     return ModelBundle(
         name="tiny-mlp", model=model, calibration=[{"x": x[:20], "y": y[:20]}, {"x": x[20:], "y": y[20:]}],
         forward=lambda m, b: m(b["x"]), loss=lambda m, b: loss(m(b["x"]), b["y"]),
-        evaluate=lambda m: {}, quality_metric="none",
+        evaluate=lambda m: {}, metrics=[Metric("none", higher_is_better=True)],
     )
 
 
@@ -54,7 +56,7 @@ def test_exact_traces_match_dense_hessian_within_error():
     bundle = _tiny_mlp_bundle()
     names = ["0", "2", "4"]
     dense = _dense_block_traces(bundle, names)
-    result = hutchinson_traces(bundle, names, TraceParams(tol=0.02, min_probes=20, max_probes=3000))
+    result = hessian_trace_result(bundle, names, tol=0.02, min_probes=20, max_probes=3000)
     for name in names:
         est = result.stats[name]
         assert abs(est.mean - dense[name]) <= 4 * est.stderr, (name, est.mean, est.stderr, dense[name])
@@ -65,8 +67,7 @@ def test_shared_probes_are_unbiased_but_noisier():
     bundle = _tiny_mlp_bundle()
     names = ["0", "2", "4"]
     dense = _dense_block_traces(bundle, names)
-    params = TraceParams(mode="shared", tol=0.999, min_probes=400, max_probes=400)
-    result = hutchinson_traces(bundle, names, params)
+    result = hessian_trace_result(bundle, names, mode="shared", tol=0.999, min_probes=400, max_probes=400)
     for name in names:
         est = result.stats[name]
         assert abs(est.mean - dense[name]) <= 4 * est.stderr
@@ -75,8 +76,8 @@ def test_shared_probes_are_unbiased_but_noisier():
 
 def test_agrees_with_pyhessian_on_digits_cnn(digits_bundle):
     layers = [layer for layer in discover_layers(digits_bundle) if layer.used]
-    table = get_estimator("hawq_v2")(digits_bundle, layers, CHOICES, QuantConfig(4),
-                                     {"tol": 0.1, "min_probes": 8, "max_probes": 60}, lambda *a: None)
+    table = run_method("hawq_v2", digits_bundle, {"tol": 0.1, "min_probes": 8, "max_probes": 60},
+                       choices=CHOICES, layers=layers)
     for layer in layers:
         ours = table.layer_stats[layer.name]
         ref: RunningMean = pyhessian_layer_trace(digits_bundle, layer.name, probes=30, seed=1)
@@ -105,8 +106,14 @@ def test_stopping_rule_uses_the_standard_error():
     assert not negative.done(tol=0.05, min_probes=2, max_probes=100)  # |mean|: no early stop
 
 
-def test_bad_trace_params_raise():
-    with pytest.raises(ValueError, match="mode"):
-        TraceParams(mode="nope")
+@pytest.mark.parametrize("config", [HawqV2Config, FisherConfig,
+                                    lambda **kw: InterlayerConfig(hessian=HawqV2Config(**kw))])
+def test_bad_trace_params_raise(config):
     with pytest.raises(ValueError, match="tol"):
-        TraceParams(tol=0)
+        config(tol=0)
+    with pytest.raises(ValueError, match="min_probes <= max_probes"):
+        config(min_probes=10, max_probes=5)
+    with pytest.raises(ValueError, match="seed"):
+        config(seed=1.5)
+    with pytest.raises(ValueError, match="mode"):
+        HawqV2Config(mode="nope")

@@ -4,18 +4,13 @@ modified-gradient rules, and Ω follows R_l · ‖ΔW‖² / ‖W‖²."""
 import pytest
 import torch
 from sens_models import tiny_cnn, tiny_mlp
+from sens_run import run_method
 from torch import nn
 
-from kernels.quantizer import QuantConfig, quantization_error
-from sensitivity.estimators import get_estimator
+from kernels.quantizer import quantization_error
+from kernels.scheme import QuantConfig
 from sensitivity.layers import discover_layers
 from sensitivity.lrp import captum_rules, modified_gradient
-
-CHOICES = [(2, 16), (4, 16), (16, 16)]
-
-
-def _quiet(*_):
-    pass
 
 
 def _names(bundle):
@@ -49,7 +44,7 @@ def test_captum_canonization_folds_batchnorm_and_keeps_outputs(digits_bundle):
 
 def test_lrp_table_on_digits_cnn(digits_bundle):
     layers = [layer for layer in discover_layers(digits_bundle) if layer.used]
-    table = get_estimator("lrp")(digits_bundle, layers, CHOICES, QuantConfig(4), {}, _quiet)
+    table = run_method("lrp", digits_bundle, layers=layers)
     assert table.meta["rules"] == "captum"
     r = {n: s["relevance"] for n, s in table.layer_stats.items()}
     assert sum(r.values()) == pytest.approx(1.0) and all(v > 0 for v in r.values())
@@ -76,6 +71,8 @@ def test_lrp_params_are_checked():
     bundle = tiny_mlp()
     layers = [layer for layer in discover_layers(bundle) if layer.used]
     with pytest.raises(ValueError, match="accepted: rules, eps"):
-        get_estimator("lrp")(bundle, layers, CHOICES, QuantConfig(4), {"rule": "x"}, _quiet)
+        run_method("lrp", bundle, {"rule": "x"}, layers=layers)
     with pytest.raises(ValueError, match="rules must be"):
-        get_estimator("lrp")(bundle, layers, CHOICES, QuantConfig(4), {"rules": "zennit"}, _quiet)
+        run_method("lrp", bundle, {"rules": "zennit"}, layers=layers)
+    with pytest.raises(ValueError, match="eps must be a number > 0"):
+        run_method("lrp", bundle, {"eps": True}, layers=layers)

@@ -5,22 +5,13 @@ import pytest
 import torch
 from sens_dense import Dense
 from sens_models import tiny_cnn, tiny_mlp
+from sens_run import CHOICES, run_method
+from sens_run import used_layers as _layers
 
 from kernels.fake_quant import fake_quantize_model
-from kernels.quantizer import QuantConfig, fake_quantize
-from sensitivity.estimators import get_estimator
+from kernels.quantizer import fake_quantize
+from kernels.scheme import QuantConfig, QuantScheme
 from sensitivity.estimators.interlayer import neighbour_pairs
-from sensitivity.layers import discover_layers
-
-CHOICES = [(2, 16), (4, 16), (16, 16)]
-
-
-def _quiet(*_):
-    pass
-
-
-def _layers(bundle):
-    return [layer for layer in discover_layers(bundle) if layer.used]
 
 
 def _loss(bundle, model) -> float:
@@ -32,7 +23,7 @@ def _loss(bundle, model) -> float:
 def test_empirical_equals_direct_evaluation():
     bundle = tiny_mlp()
     layers = _layers(bundle)
-    table = get_estimator("empirical")(bundle, layers, CHOICES, QuantConfig(4, group_size=4), {}, _quiet)
+    table = run_method("empirical", bundle, scheme=QuantScheme(group_size=4), layers=layers)
     base = _loss(bundle, bundle.model)
     for layer in layers:
         for bits, a in CHOICES:
@@ -45,9 +36,8 @@ def test_interlayer_hessian_pairs_match_dense_cross_blocks():
     bundle = tiny_cnn()
     layers = _layers(bundle)
     names = [layer.name for layer in layers]
-    quant = QuantConfig(4, group_size=8)
-    table = get_estimator("interlayer")(bundle, layers, CHOICES, quant,
-                                        {"window": 1, "max_probes": 8}, _quiet)
+    quant = QuantScheme(group_size=8)
+    table = run_method("interlayer", bundle, {"window": 1, "max_probes": 8}, scheme=quant, layers=layers)
     dense = Dense(bundle, names)
     h = dense.hessian()
     modules = dict(bundle.model.named_modules())
@@ -70,9 +60,8 @@ def test_interlayer_measured_pairs_equal_direct_evaluation():
     bundle = tiny_mlp()
     layers = _layers(bundle)
     names = [layer.name for layer in layers]
-    quant = QuantConfig(4, group_size=4)
-    table = get_estimator("interlayer")(bundle, layers, CHOICES, quant,
-                                        {"window": 2, "pairs": "measured"}, _quiet)
+    quant = QuantScheme(group_size=4)
+    table = run_method("interlayer", bundle, {"window": 2, "pairs": "measured"}, scheme=quant, layers=layers)
     assert len(table.pairs) == 3  # (0,2), (0,4), (2,4)
     base = _loss(bundle, bundle.model)
 
@@ -88,5 +77,4 @@ def test_interlayer_measured_pairs_equal_direct_evaluation():
         both = table.omega[a][ca] + table.omega[b][cb] + table.pairs[(a, b)][(ca, cb)]
         assert both == pytest.approx(loss_at({a: ca[0], b: cb[0]}) - base, abs=1e-7)
     with pytest.raises(ValueError, match="max_probes do not apply"):
-        get_estimator("interlayer")(bundle, layers, CHOICES, quant,
-                                    {"pairs": "measured", "max_probes": 8}, _quiet)
+        run_method("interlayer", bundle, {"pairs": "measured", "max_probes": 8}, scheme=quant, layers=layers)
