@@ -1,7 +1,8 @@
 """The registry manifest: what a job can name, in one torch-free document that the
 API, the dashboard and the CLI read (no mirrored lists). Built from the owners'
 declarations: `sensitivity.catalog` (families, their metrics and directions,
-built-in models), `kernels.scheme` (weight widths) and `workers.spec` (budgets)."""
+built-in models), `sensitivity.methods` (sensitivity methods and their parameters),
+`kernels.scheme` (weight widths) and `workers.spec` (budgets)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from kernels.scheme import WEIGHT_BITS
 from sensitivity.catalog import BUILTIN_MODELS, FAMILIES, model_names
+from sensitivity.methods import describe as describe_methods
 from workers.spec import BUDGET_KEYS
 
 
@@ -26,6 +28,8 @@ def manifest() -> dict[str, Any]:
                       "metrics": [{"name": m.name, "direction": m.direction,
                                    "description": m.description} for m in f.metrics]}
                      for f in FAMILIES.values()],
+        # name, one-line summary, and each parameter's name, type, default and allowed values
+        "methods": describe_methods(),
         "weight_bits": list(WEIGHT_BITS),
         "budgets": list(BUDGET_KEYS),
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kernels.scheme import WEIGHT_BITS, QuantScheme, check_weight_bits
+from sensitivity.methods import get_method, parse_method_params
 
 BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms", "max_quality_drop")
 MB = 1_000_000  # budgets in MB are decimal megabytes
@@ -68,6 +69,21 @@ class JobSpec(_Strict):
     min_quality_drop: float | None = Field(None, ge=0)
     quality_evals: int = Field(8, ge=1, le=32)
     pareto_points: int = Field(16, ge=0, le=128)  # 0: no frontier, no uniform curve
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, method):
+        get_method(method)  # unknown: the reason lists the methods
+        return method
+
+    @field_validator("method_params")
+    @classmethod
+    def _method_params(cls, params, info: ValidationInfo):
+        # checked here so a bad parameter is refused at submit time, not in the worker; the
+        # params stay as given (the sensitivity cache key is computed from them)
+        if "method" in info.data:  # an unknown method is reported on its own
+            parse_method_params(info.data["method"], params)
+        return params
 
     @field_validator("budgets")
     @classmethod
