@@ -30,7 +30,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-FINISHED = ("succeeded", "failed", "cancelled")
+from service.job_status import FINISHED
+
 UPLOAD_CHUNK_BYTES = 1 << 20
 
 

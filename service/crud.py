@@ -21,7 +21,6 @@ from sqlalchemy.orm import Session
 
 from service.auth import KeyCache, display_prefix, hash_key, new_key
 from service.db.models import (
-    FINISHED,
     ApiKey,
     Dataset,
     Job,
@@ -30,6 +29,7 @@ from service.db.models import (
     Tenant,
     utcnow,
 )
+from service.job_status import ACTIVE, FINISHED
 
 
 class Conflict(Exception):
@@ -202,7 +202,7 @@ def find_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) ->
 def count_active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
     """The tenant's jobs queued or running (what the per-tenant cap counts)."""
     return session.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status.in_(("queued", "running")))) or 0
+        Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))) or 0
 
 
 def _same_request(job: Job, request_hash: str) -> Job:
@@ -380,7 +380,7 @@ def _finish(session: Session, job_id, task_id, attempt, status, *, message, erro
     if artifact_path is not None:
         values["artifact_path"] = artifact_path
     fence = (Job.id == job_id, Job.task_id == task_id, Job.attempts == attempt,
-             Job.status.in_(("running", "queued")))
+             Job.status.in_(ACTIVE))
     outcome = session.execute(update(Job).where(*fence).values(**values))
     session.commit()
     return outcome.rowcount == 1

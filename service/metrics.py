@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import crud
-from service.db.models import JOB_STATUSES
+from service.job_status import JOB_STATUSES
 
 
 class _JobsCollector:

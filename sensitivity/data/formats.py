@@ -4,12 +4,16 @@ files by them, so the two never disagree."""
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # an uploaded model: a Hugging Face folder, or a built-in architecture's state dict
-MODEL_KINDS = ("hf", "state_dict")
+ModelKind = Literal["hf", "state_dict"]
+MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 
 # calibration files: their format by file suffix
 DATA_SUFFIXES = {".safetensors": "safetensors", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-DATA_FORMATS = ("safetensors", "text", "jsonl")
+DataFormat = Literal["safetensors", "text", "jsonl"]
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 TEXT_FORMATS = ("text", "jsonl")
 
 # the tensors a safetensors calibration file may hold: `inputs` (required), and

@@ -9,16 +9,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from sensitivity.data.formats import TENSOR_NAMES, TOKENIZER_COMPANIONS, TOKENIZER_FILES, data_format
 from service.uploads import UploadError
 from service.uploads.safetensors_check import check_finite, check_safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "special_tokens_map.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+TOKENIZER_PARTS = frozenset(TOKENIZER_FILES + TOKENIZER_COMPANIONS)  # listed in the manifest
 MAX_CONFIG_BYTES = 10 << 20
 MAX_LINE_CHARS = 100_000
-DATASET_TENSORS = {"inputs": True, "labels": False, "attention_mask": False}  # name: required
 
 
 # --- Hugging Face model folders ---------------------------------------------------
@@ -55,7 +53,7 @@ def check_hf_dir(root: Path, files: list[str]) -> tuple[str, dict[str, Any]]:
         "model_type": model_type,
         "architectures": [a for a in config.get("architectures") or [] if isinstance(a, str)],
         "weights": {"files": [w[len(top):] for w in weights], **totals},
-        "tokenizer": sorted(f[len(top):] for f in names if f[len(top):] in TOKENIZER_FILES),
+        "tokenizer": sorted(f[len(top):] for f in names if f[len(top):] in TOKENIZER_PARTS),
         "files": len(names),
     }
 
@@ -126,13 +124,13 @@ def _transformers_knows(model_type: str) -> bool:
 
 def check_dataset(path: Path, filename: str) -> tuple[str, dict[str, Any]]:
     """(format, manifest) of a calibration file, by its extension."""
-    lower = filename.lower()
-    if lower.endswith(".safetensors"):
-        return "safetensors", _check_tensors(path, filename)
-    if lower.endswith(".txt"):
-        return "text", _check_lines(path, filename, json_lines=False)
-    if lower.endswith((".jsonl", ".ndjson")):
-        return "jsonl", _check_lines(path, filename, json_lines=True)
+    fmt = data_format(filename)
+    if fmt == "safetensors":
+        return fmt, _check_tensors(path, filename)
+    if fmt == "text":
+        return fmt, _check_lines(path, filename, json_lines=False)
+    if fmt == "jsonl":
+        return fmt, _check_lines(path, filename, json_lines=True)
     raise UploadError(415, f"unsupported calibration file {filename!r}: use .safetensors "
                            "(tensors `inputs`, optional `labels`), .txt (one text per line) "
                            "or .jsonl (strings or {\"text\": ..., \"label\": ...})")
@@ -140,10 +138,10 @@ def check_dataset(path: Path, filename: str) -> tuple[str, dict[str, Any]]:
 
 def _check_tensors(path: Path, filename: str) -> dict[str, Any]:
     info = check_safetensors(path, filename)
-    unknown = sorted(set(info.tensors) - set(DATASET_TENSORS))
+    unknown = sorted(set(info.tensors) - set(TENSOR_NAMES))
     if unknown:
         raise UploadError(422, f"{filename}: unexpected tensors {', '.join(unknown)}; "
-                               f"allowed: {', '.join(DATASET_TENSORS)}")
+                               f"allowed: {', '.join(TENSOR_NAMES)}")
     if "inputs" not in info.tensors:
         raise UploadError(422, f"{filename}: no `inputs` tensor")
     inputs = info.tensors["inputs"]
