@@ -1,5 +1,5 @@
 """The Celery app both sides share: the API sends tasks by name with it, the
-workers (workers/celery_app.py) run them. Redis through REDIS_URL, otherwise
+workers (service/worker/celery_app.py) run them. Redis through REDIS_URL, otherwise
 kombu's filesystem transport under the data folder, which needs no server."""
 
 from __future__ import annotations

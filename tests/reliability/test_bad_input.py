@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from svc_files import hf_files, safetensors_bytes, tar_bytes, zip_bytes
 
-from workers.runner import JobRunner
+from service.worker.runner import JobRunner
 
 JOB = {"model": "digits-cnn", "method": "hawq_v2",
        "method_params": {"max_probes": 10, "min_probes": 4, "tol": 0.2},

@@ -13,7 +13,7 @@ from service import crud
 from service.db.migrate import upgrade
 from service.db.models import Job, utcnow
 from service.db.session import session_factory
-from workers.runner import JobCancelled, JobLost, ProgressWriter, overall_progress
+from service.worker.runner import JobCancelled, JobLost, ProgressWriter, overall_progress
 
 
 @pytest.fixture

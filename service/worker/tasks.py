@@ -9,8 +9,8 @@ import random
 
 from service import crud
 from service.broker import RUN_JOB
-from workers.celery_app import app, settings
-from workers.runner import TRANSIENT, Busy, JobRunner
+from service.worker.celery_app import app, settings
+from service.worker.runner import TRANSIENT, Busy, JobRunner
 
 log = logging.getLogger(__name__)
 

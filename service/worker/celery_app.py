@@ -1,5 +1,5 @@
 """The Celery app the workers run: `bitalloc worker`, or
-`celery -A workers.celery_app worker`. Configuration (broker, late
+`celery -A service.worker.celery_app worker`. Configuration (broker, late
 acknowledgement, time limits, prefetch of one) lives in service.broker, shared
 with the API that sends tasks by name."""
 
@@ -9,10 +9,10 @@ from celery.signals import worker_ready, worker_shutdown
 
 from service.broker import make_celery
 from service.config import get_settings
-from workers.reaper import Reaper
+from service.worker.reaper import Reaper
 
 settings = get_settings()
-app = make_celery(settings, include=["workers.tasks"])
+app = make_celery(settings, include=["service.worker.tasks"])
 reaper = Reaper(app, settings)
 
 
