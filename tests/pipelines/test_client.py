@@ -8,7 +8,7 @@ import io
 import pytest
 
 from service.client import BadRequest, Client, ClientError, NotFound, Unauthorized, Unreachable, WaitTimeout
-from service.progress_bar import ProgressPrinter
+from service.cli.progress import ProgressPrinter
 
 NO_JOB = "00000000-0000-0000-0000-000000000000"
 

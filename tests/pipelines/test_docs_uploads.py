@@ -42,7 +42,7 @@ def test_upload_example(pipeline_env, tmp_path):
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "my-encoder: uploaded Hugging Face bert model" in out.stdout
-    assert "quality (cosine_to_fp)" in out.stdout
+    assert "quality (cosine_to_fp, higher is better)" in out.stdout
     job = json.loads((tmp_path / "cnn-job.json").read_text())
     with httpx.Client(base_url=pipeline_env["BITALLOC_URL"], timeout=30, headers={
             "Authorization": f"Bearer {pipeline_env['BITALLOC_API_KEY']}"}) as api:

@@ -7,7 +7,7 @@ import torch
 
 from kernels.artifact import load_artifact
 from kernels.fake_quant import fake_quantize_model
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 from sensitivity.models.digits_cnn import DigitsCNN
 from service.cli import main
 
@@ -34,7 +34,8 @@ def test_run_prints_table_summary_and_writes_json(tmp_path, capsys, digits_bundl
     )
     printed = capsys.readouterr().out
     assert code == 0
-    for text in ("block.conv_a", "trace ± error", "average bits", "quality (accuracy)", "uniform 4-bit"):
+    for text in ("block.conv_a", "trace ± error", "average bits", "quality (accuracy, higher is better)",
+                 "uniform 4-bit"):
         assert text in printed
     result = json.loads(out.read_text())
     assert result["summary"]["avg_bits"] <= 4 and len(result["layers"]) == 7

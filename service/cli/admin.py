@@ -1,5 +1,6 @@
-"""The service's subcommands of `bitalloc`: serve, worker, keys (the client
-side, submit / status / result / artifact, is in cli_pipeline)."""
+"""The commands that run the service on this machine: serve (the API, with an
+embedded worker unless --no-worker), worker (the Celery job runtime,
+`service.worker`), and keys (create, list, revoke API keys)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import json
 import os
 from pathlib import Path
 
+from service.cli import exit_codes
 from service.config import Settings, get_settings
-
-EXIT_FAILED = 1
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -31,7 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.serve import serve
 
     serve(_settings(args), with_worker=not args.no_worker)
-    return 0
+    return exit_codes.OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -39,12 +39,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.db.migrate import upgrade
 
     upgrade(settings.db_url)
-    from workers.celery_app import app  # the worker side: loads the pipeline lazily
+    from service.worker.celery_app import app  # the task loads the pipeline when a job runs
 
     app.worker_main(["worker", f"--loglevel={args.loglevel}", "-Q", settings.queue,
                      f"--concurrency={settings.worker_concurrency}", "-n", "bitalloc@%h",
                      "--without-gossip", "--without-mingle"])
-    return 0
+    return exit_codes.OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -69,15 +69,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
         else:
             n = crud.revoke_api_key(session, args.prefix)
             _out(args, {"revoked": n}, f"revoked {n} key(s)")
-            return 0 if n else EXIT_FAILED
-    return 0
+            return exit_codes.OK if n else exit_codes.FAILED
+    return exit_codes.OK
 
 
 def _out(args: argparse.Namespace, data, text: str) -> None:
     print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
 
 
-def add_service_commands(sub) -> None:
+def add_admin_commands(sub) -> None:
     p = sub.add_parser("serve", help="serve the API with an embedded worker (SQLite and a "
                                      "filesystem broker unless DATABASE_URL / REDIS_URL)")
     p.add_argument("--host")

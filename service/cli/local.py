@@ -1,4 +1,6 @@
-"""`bitalloc`: the command line. `run` runs the whole pipeline locally."""
+"""The local commands: `run` (the whole pipeline in this process, no service)
+and `latency` (time every layer with our kernels). The pipeline, and torch with
+it, is imported only inside the commands, so the rest of the CLI stays light."""
 
 from __future__ import annotations
 
@@ -7,59 +9,21 @@ import json
 import sys
 from pathlib import Path
 
-from service.cli_pipeline import add_pipeline_commands
-from service.cli_service import add_service_commands
-from service.progress_bar import ProgressPrinter
-
-EXIT_JOB_FAILED = 1
-EXIT_BAD_REQUEST = 2
-
-
-class UsageError(Exception):
-    """Bad command-line input; the message says what is allowed."""
-
-
-def parse_budgets(items: list[str]) -> dict[str, float]:
-    """`avg_bits=4` or `avg_bits=4,size_mb=1.5` (repeatable) → {kind: limit}."""
-    budgets: dict[str, float] = {}
-    for item in items:
-        for part in filter(None, item.split(",")):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip():
-                raise UsageError(f"malformed budget {part!r}: expected KIND=NUMBER, e.g. avg_bits=4")
-            try:
-                budgets[key.strip()] = float(value)
-            except ValueError:
-                raise UsageError(f"budget {key.strip()!r} needs a number, got {value!r}") from None
-    return budgets
-
-
-def parse_assignments(items: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise UsageError(f"malformed {what} {item!r}: expected LAYER=VALUE")
-        out[name] = value
-    return out
-
-
-def parse_bits_list(text: str, what: str) -> list[int]:
-    try:
-        return [int(b) for b in text.split(",") if b]
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
-
-
-def parse_params(items: list[str]) -> dict[str, object]:
-    """Method parameters `key=value`, the value read as JSON when it parses (numbers)."""
-    params: dict[str, object] = {}
-    for key, value in parse_assignments(items, "method parameter").items():
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
+from sensitivity.catalog import model_names
+from sensitivity.data.formats import data_format
+from service.cli import exit_codes
+from service.cli.args import (
+    UsageError,
+    one_line,
+    parse_allowed,
+    parse_bits_list,
+    parse_budgets,
+    parse_params,
+    parse_pins,
+    read_json,
+)
+from service.cli.progress import ProgressPrinter
+from service.cli.report import print_frontier, print_report
 
 
 def build_spec(args: argparse.Namespace):
@@ -74,48 +38,24 @@ def build_spec(args: argparse.Namespace):
         "budgets": parse_budgets(args.budget),
         "quant": {"group_size": args.group_size, "symmetric": args.symmetric,
                   "mse_clip": args.mse_clip},
-        "overrides": {
-            "pins": {k: parse_bits_list(v, "pin")[0]
-                     for k, v in parse_assignments(args.pin, "pin").items()},
-            "allowed": {k: parse_bits_list(v.replace("/", ","), "allowed widths")
-                        for k, v in parse_assignments(args.allow, "allow").items()},
-            "exclude": args.exclude,
-        },
+        "overrides": {"pins": parse_pins(args.pin), "allowed": parse_allowed(args.allow),
+                      "exclude": args.exclude},
         "seed": args.seed,
     }
     if args.bits:
         spec["weight_bits"] = parse_bits_list(args.bits, "--bits")
     if args.latency_table:
-        spec["latency_table"] = _read_json(args.latency_table, "--latency-table")
+        spec["latency_table"] = read_json(args.latency_table, "--latency-table")
     if args.min_quality_drop is not None:
         spec["min_quality_drop"] = args.min_quality_drop
     try:
         return JobSpec.model_validate(spec)
     except ValidationError as exc:
-        raise UsageError(_one_line(exc)) from None
-
-
-def _read_json(path: str, what: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{what}: cannot read JSON from {path}: {exc}") from None
-
-
-def _one_line(exc) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
-DATA_FORMATS = {".safetensors": "safetensors", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+        raise UsageError(one_line(exc)) from None
 
 
 def local_uploads(args: argparse.Namespace, model: str):
     """(model source, data source) for `run --weights / --model-dir / --data`."""
-    from sensitivity.models import model_names
     from sensitivity.sources import DataSource, ModelSource
 
     model_source = data_source = None
@@ -134,7 +74,7 @@ def local_uploads(args: argparse.Namespace, model: str):
             raise UsageError(f"--weights: no file {args.weights}")
         model_source = ModelSource(model, "state_dict", model, Path(args.weights))
     if args.data:
-        fmt = DATA_FORMATS.get(Path(args.data).suffix.lower())
+        fmt = data_format(Path(args.data).name)
         if fmt is None or not Path(args.data).is_file():
             raise UsageError(f"--data: expected a .safetensors, .txt or .jsonl file, got {args.data}")
         data_source = DataSource(Path(args.data).name, fmt, Path(args.data))
@@ -159,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          model_source=model_source, data_source=data_source)
     except (JobError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        return exit_codes.FAILED
     print_report(result)
     if args.pareto:
         print_frontier(result)
@@ -168,54 +108,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\nresult written to {args.json}")
     if args.artifact:
         print(f"packed model written to {args.artifact} (model.safetensors, allocation.json)")
-    return 0
-
-
-def print_report(result) -> None:
-    print(f"\n{result.model['name']}: {result.model['description']}")
-    print(f"{'layer':<44} {'params':>10} {'bits':>5} {'Ω':>11}  {'trace ± error':<24}")
-    for layer in result.layers:
-        st = layer.stats
-        trace = f"{st['trace']:.4g} ± {st['trace_se']:.2g}" if "trace" in st else ""
-        print(f"{layer.name:<44} {layer.params:>10,} {layer.w_bits:>5} {layer.omega:>11.4g}  {trace:<24}")
-    if result.unused_layers:
-        print(f"unused (left unquantized): {', '.join(result.unused_layers)}")
-    s, q = result.summary, result.quality
-    print(f"\nsize {s.size_bytes / 1e6:.3f} MB (full precision {s.full_precision_bytes / 1e6:.3f} MB);"
-          f" average bits {s.avg_bits:.3f} with overhead, {s.avg_bits_no_overhead:.3f} without")
-    for kind, (used, limit) in result.solver.budget_use.items():
-        print(f"budget {kind}: {used:.6g} of {limit:.6g}")
-    print(f"solver: {result.solver.status}, objective {result.solver.objective:.4g}, "
-          f"{result.solver.solve_time_s * 1000:.0f} ms ({result.solver.backend})")
-    m = q.metric
-    print(f"quality ({m}): full precision {q.full_precision[m]:.3f} | "
-          f"uniform {q.uniform_bits}-bit ({q.uniform_size_bytes / 1e6:.3f} MB) {q.uniform[m]:.3f} | "
-          f"allocation {q.allocation[m]:.3f}")
-    others = [k for k in q.full_precision if k != m]
-    for k in others:
-        print(f"  {k}: full precision {q.full_precision[k]:.4g} | uniform {q.uniform[k]:.4g} | "
-              f"allocation {q.allocation[k]:.4g}")
-    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
-
-
-def print_frontier(result) -> None:
-    kind = result.frontier_kind
-    print(f"\nPareto frontier ({kind} vs predicted Σ Ω; * = chosen)")
-    print(f"{kind:>14} {'avg bits':>9} {'Σ Ω':>11}")
-    for p in result.pareto:
-        print(f"{p.cost:>14.6g} {p.avg_bits:>9.3f} {p.objective:>11.4g} {'*' if p.chosen else ''}")
-    m = result.quality.metric
-    print(f"uniform widths ({m}): " + ", ".join(
-        f"{u.w_bits}-bit {u.avg_bits:.2f} b/w {u.quality[m]:.3f}" for u in result.uniform_points))
-    if result.quality_search:
-        qs = result.quality_search
-        print(f"quality-drop search [{qs.min_drop:g}, {qs.max_drop:g}]: {qs.message}")
-        for t in qs.trials:
-            print(f"  size {t.size_bytes:.0f} B, {t.avg_bits:.3f} b/w: drop {t.drop:.4g}")
+    return exit_codes.OK
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from sensitivity.models import model_names
     from workers.latency import model_latency_table
 
     if args.model not in model_names():
@@ -225,14 +121,12 @@ def cmd_latency(args: argparse.Namespace) -> int:
                                 group_size=args.group_size)
     Path(args.output).write_text(json.dumps(table, indent=2))
     print(f"latency table for {len(table)} layers × {len(widths)} widths written to {args.output}")
-    return 0
+    return exit_codes.OK
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bitalloc", description="Mixed-precision bit allocation.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_local_commands(sub) -> None:
     run = sub.add_parser("run", help="run the whole pipeline locally, no service")
-    run.add_argument("--model", help="built-in model: digits-cnn, digits-vit, minilm (with "
+    run.add_argument("--model", help=f"built-in model: {', '.join(model_names())} (with "
                                      "--model-dir: a name for the folder's model)")
     run.add_argument("--weights", metavar="FILE",
                      help="a safetensors state dict for the --model architecture")
@@ -271,19 +165,3 @@ def make_parser() -> argparse.ArgumentParser:
     lat.add_argument("--group-size", type=int, default=128)
     lat.add_argument("-o", "--output", required=True, metavar="FILE")
     lat.set_defaults(func=cmd_latency)
-    add_service_commands(sub)
-    add_pipeline_commands(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_REQUEST
-
-
-if __name__ == "__main__":
-    sys.exit(main())

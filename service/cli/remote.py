@@ -1,78 +1,28 @@
-"""The pipeline subcommands of `bitalloc`: submit (--wait), status, result,
-artifact; upload model|dataset, models, datasets. The server and key come from
---url / --key, else BITALLOC_URL / BITALLOC_API_KEY, else the local server and
-its key file. --json prints JSON for scripts; --wait shows a progress bar on a
-terminal and plain lines otherwise (on stderr).
-
-Exit status: 0 done; 1 the job failed or was cancelled; 2 bad request (bad
-flags, refused by the API, unknown job, bad key); 3 server unreachable or
-unavailable (5xx); 4 still not finished after --timeout."""
+"""The commands that talk to a running service: submit (--wait), status,
+result, artifact; upload model|dataset, models, datasets. The server and key
+come from `connection.make_client`. --json prints JSON for scripts; --wait
+shows a progress bar on a terminal and plain lines otherwise (on stderr).
+Client errors are left to `bitalloc`'s main, which maps them to exit statuses
+(`exit_codes`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from service.client import ApiError, Client, JobFailed, ServerError, Unreachable, WaitTimeout, detail_text
-from service.progress_bar import ProgressPrinter
-
-EXIT_JOB_FAILED = 1
-EXIT_BAD_REQUEST = 2
-EXIT_UNREACHABLE = 3
-EXIT_TIMEOUT = 4
-
-
-def _guarded(func):
-    """Client errors become one line on stderr and an exit status, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        from service.cli import UsageError  # here: service.cli imports this module
-
-        try:
-            return func(args)
-        except UsageError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_BAD_REQUEST
-        except (Unreachable, ServerError) as exc:
-            print(f"error: {detail_text(exc.detail)}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        except ApiError as exc:
-            print(f"error: {detail_text(exc.detail)}", file=sys.stderr)
-            return EXIT_BAD_REQUEST
-        except WaitTimeout as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_TIMEOUT
-        except JobFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_JOB_FAILED
-
-    return run
-
-
-def _client(args: argparse.Namespace) -> Client:
-    key = args.key or os.environ.get("BITALLOC_API_KEY")
-    url = args.url or os.environ.get("BITALLOC_URL")
-    if not key or not url:
-        from service.config import get_settings
-
-        if args.data is not None:
-            os.environ["BITALLOC_DATA"] = str(Path(args.data).resolve())
-        get_settings.cache_clear()
-        settings = get_settings()
-        if not key and settings.key_file.exists():
-            key = settings.key_file.read_text().strip()
-        url = url or f"http://{settings.host}:{settings.port}"
-    return Client(url, key)
+from service.cli import exit_codes
+from service.cli.args import UsageError, parse_bits_list, parse_budgets, parse_params, parse_pins, read_json
+from service.cli.connection import add_client_options, make_client
+from service.cli.progress import ProgressPrinter
+from service.cli.report import print_report
+from service.job_status import FINISHED
 
 
 def request_body(args: argparse.Namespace) -> dict:
     """The job request: --spec FILE, then the flags over it."""
-    from service.cli import parse_assignments, parse_bits_list, parse_budgets, parse_params
-
-    body: dict = json.loads(Path(args.spec).read_text()) if args.spec else {}
+    body: dict = read_json(args.spec, "--spec") if args.spec else {}
     for field, value in (("model", args.model), ("method", args.method), ("dataset", args.dataset)):
         if value is not None:
             body[field] = value
@@ -84,8 +34,7 @@ def request_body(args: argparse.Namespace) -> dict:
         body["weight_bits"] = parse_bits_list(args.bits, "--bits")
     overrides = body.setdefault("overrides", {})
     if args.pin:
-        overrides["pins"] = {k: parse_bits_list(v, "pin")[0]
-                             for k, v in parse_assignments(args.pin, "pin").items()}
+        overrides["pins"] = parse_pins(args.pin)
     if args.exclude:
         overrides["exclude"] = args.exclude
     if not overrides:
@@ -95,61 +44,59 @@ def request_body(args: argparse.Namespace) -> dict:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     body = request_body(args)
-    client = _client(args)
+    client = make_client(args)
     job = client.submit(body, args.idempotency_key)
     if not args.wait:
         _out(args, job, job["id"])
-        return 0
+        return exit_codes.OK
     print(f"job {job['id']} submitted", file=sys.stderr)
     bar = ProgressPrinter()
     job = client.wait(job["id"], timeout_s=args.timeout, raise_on_failure=False,
                       on_update=lambda j: j["stage"] and bar(j["stage"], j["stage_progress"], j["message"]))
     if job["status"] != "succeeded":
         _out(args, {"job": job}, f"job {job['id']} {job['status']}: {job['error'] or job['message']}")
-        return EXIT_JOB_FAILED
+        return exit_codes.FAILED
     result = client.result(job["id"])
     if args.json:
         print(json.dumps({"job": job, "result": result}, indent=2))
-        return 0
-    from service.cli import print_report
+        return exit_codes.OK
     from workers.spec import JobResult
 
     print_report(JobResult.model_validate(result))
-    return 0
+    return exit_codes.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    job = _client(args).job(args.job_id)
+    job = make_client(args).job(args.job_id)
     line = f"{job['status']} {job['stage']} {job['progress']:.0%} {job['message']}"
     if job["error"]:
         line += f"\nerror: {job['error']}"
     _out(args, job, line)
-    return EXIT_JOB_FAILED if job["status"] in ("failed", "cancelled") else 0
+    failed = job["status"] in FINISHED and job["status"] != "succeeded"
+    return exit_codes.FAILED if failed else exit_codes.OK
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    result = _client(args).result(args.job_id)
+    result = make_client(args).result(args.job_id)
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text)
         print(f"result written to {args.output}", file=sys.stderr)
     else:
         print(text)
-    return 0
+    return exit_codes.OK
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
-    path = _client(args).artifact(args.job_id, args.output)
+    path = make_client(args).artifact(args.job_id, args.output)
     _out(args, {"path": str(path), "size_bytes": path.stat().st_size}, str(path))
-    return 0
+    return exit_codes.OK
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from service.cli import UsageError
-
     if not Path(args.file).is_file():
         raise UsageError(f"no such file: {args.file}")
-    client = _client(args)
+    client = make_client(args)
     if args.kind == "model":
         row = client.upload_model(args.file, args.name, args.architecture)
     elif args.architecture is not None:
@@ -157,21 +104,21 @@ def cmd_upload(args: argparse.Namespace) -> int:
     else:
         row = client.upload_dataset(args.file, args.name)
     _out(args, row, f"{row['id']} {row['name']}")
-    return 0
+    return exit_codes.OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = _client(args).models()
+    rows = make_client(args).models()
     _out(args, rows, "\n".join(f"{r['id']} {r['name']} {r['architecture']} ({r['kind']}, "
                                f"{r['size_bytes']:,} bytes)" for r in rows))
-    return 0
+    return exit_codes.OK
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    rows = _client(args).datasets()
+    rows = make_client(args).datasets()
     _out(args, rows, "\n".join(f"{r['id']} {r['name']} ({r['format']}, {r['size_bytes']:,} bytes)"
                                for r in rows))
-    return 0
+    return exit_codes.OK
 
 
 def _out(args: argparse.Namespace, data, text: str) -> None:
@@ -181,14 +128,7 @@ def _out(args: argparse.Namespace, data, text: str) -> None:
         print(text)
 
 
-def _client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="API address (default $BITALLOC_URL or the local server)")
-    p.add_argument("--key", help="API key (default $BITALLOC_API_KEY or the local key)")
-    p.add_argument("--data", help="data folder of a local server, for its key")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-
-def add_pipeline_commands(sub) -> None:
+def add_remote_commands(sub) -> None:
     p = sub.add_parser("submit", help="submit a job to the service")
     p.add_argument("--spec", help="JSON file with the job request; flags override it")
     p.add_argument("--model")
@@ -203,20 +143,20 @@ def add_pipeline_commands(sub) -> None:
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="wait, show progress, print the result")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 4)")
-    _client_options(p)
-    p.set_defaults(func=_guarded(cmd_submit))
+    add_client_options(p)
+    p.set_defaults(func=cmd_submit)
 
     for name, func, text in (("status", cmd_status, "a job's status"),
                              ("result", cmd_result, "a finished job's result JSON"),
                              ("artifact", cmd_artifact, "download a finished job's packed model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id")
-        _client_options(p)
+        add_client_options(p)
         if name == "result":
             p.add_argument("-o", "--output", help="write to this file instead of stdout")
         if name == "artifact":
             p.add_argument("-o", "--output", default=".", help="folder to write it in (default .)")
-        p.set_defaults(func=_guarded(func))
+        p.set_defaults(func=func)
 
     p = sub.add_parser("upload", help="upload a model or calibration dataset; prints its id and name")
     p.add_argument("kind", choices=["model", "dataset"])
@@ -225,10 +165,10 @@ def add_pipeline_commands(sub) -> None:
     p.add_argument("--name", required=True, help="the name jobs use (letters, digits, . _ -)")
     p.add_argument("--architecture", help="model: the built-in architecture of a state dict, "
                                           "e.g. digits-cnn")
-    _client_options(p)
-    p.set_defaults(func=_guarded(cmd_upload))
+    add_client_options(p)
+    p.set_defaults(func=cmd_upload)
     for name, func, text in (("models", cmd_models, "list your uploaded models"),
                              ("datasets", cmd_datasets, "list your uploaded calibration datasets")):
         p = sub.add_parser(name, help=text)
-        _client_options(p)
-        p.set_defaults(func=_guarded(func))
+        add_client_options(p)
+        p.set_defaults(func=func)
