@@ -11,11 +11,12 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from service import broker, crud
-from service.builtins import BUILTIN_MODELS
 from service.config import Settings
-from service.db.models import FINISHED, Dataset, Job, StoredModel, Tenant
+from service.db.models import Dataset, Job, StoredModel, Tenant
+from service.job_status import FINISHED
 from service.limits import too_many
 from service.schemas import JobCreate
+from workers.manifest import builtin_model_names
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,12 @@ def submit(session: Session, settings: Settings, celery: Celery, tenant: Tenant,
             raise too_many(f"{active} of your jobs are queued or running, the cap is {cap}; "
                            "submit again when one finishes", settings.heartbeat_interval_s)
     model_id = None
-    if spec.model not in BUILTIN_MODELS:
+    builtins = builtin_model_names()
+    if spec.model not in builtins:
         model = crud.find_upload(session, StoredModel, tenant.id, spec.model)
         if model is None:
             raise SubmitError(422, f"unknown model {spec.model!r}: give a built-in model "
-                                   f"({', '.join(BUILTIN_MODELS)}) or the name or id of a "
+                                   f"({', '.join(builtins)}) or the name or id of a "
                                    "model you uploaded (GET /v1/models)")
         model_id = model.id
     dataset_id = None

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sensitivity.data.formats import DataFormat, ModelKind
+from service.job_status import JobStatus
 from workers.spec import JobResult, JobSpec
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -101,7 +102,7 @@ class JobProgress(_Out):
 class ModelPublic(_Out):
     id: uuid.UUID
     name: str
-    kind: Literal["hf", "state_dict"]
+    kind: ModelKind
     architecture: str
     filename: str
     size_bytes: int
@@ -118,7 +119,7 @@ class ModelsPublic(BaseModel):
 class DatasetPublic(_Out):
     id: uuid.UUID
     name: str
-    format: Literal["safetensors", "text", "jsonl"]
+    format: DataFormat
     filename: str
     size_bytes: int
     sha256: str
@@ -136,6 +137,40 @@ class Page(_In):
     offset: int = Field(0, ge=0, le=1_000_000)
 
 
+# --- manifest ---------------------------------------------------------------------
+
+
+class MetricInfo(BaseModel):
+    name: str
+    direction: Literal["higher", "lower"] = Field(description="which way is better")
+    description: str
+
+
+class FamilyInfo(BaseModel):
+    name: str
+    description: str
+    metrics: list[MetricInfo] = Field(description="quality metrics, the headline first")
+
+
+class BuiltinModelInfo(BaseModel):
+    name: str
+    family: str
+    description: str
+
+
+class ManifestPublic(BaseModel):
+    """What a job can name: the built-in models and their families, each family's
+    quality metrics with their directions, the weight widths and the budgets
+    (`workers.manifest`, the document the CLI and the dashboard read too)."""
+
+    model_config = ConfigDict(extra="allow")  # sections the manifest gains pass through
+
+    models: list[BuiltinModelInfo]
+    families: list[FamilyInfo]
+    weight_bits: list[int]
+    budgets: list[str]
+
+
 # --- health -----------------------------------------------------------------------
 
 
@@ -150,5 +185,5 @@ class Readiness(BaseModel):
 
 
 __all__ = ["JobResult", "JobCreate", "JobFilter", "JobPublic", "JobsPublic", "JobProgress",
-           "ModelPublic", "ModelsPublic", "DatasetPublic", "DatasetsPublic", "Page", "Health",
-           "Readiness", "NAME_PATTERN"]
+           "ModelPublic", "ModelsPublic", "DatasetPublic", "DatasetsPublic", "Page",
+           "ManifestPublic", "Health", "Readiness", "NAME_PATTERN"]

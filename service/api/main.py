@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import datasets, jobs, models
+from service.api.routes import datasets, jobs, manifest, models
 
 api_router = APIRouter()
-for module in (jobs, models, datasets):
+for module in (jobs, models, datasets, manifest):
     api_router.include_router(module.router)

@@ -10,14 +10,15 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.builtins import BUILTIN_MODELS
+from workers.manifest import manifest
 
 ROOT = Path(__file__).parent
 
 
 def mount(app: FastAPI) -> None:
     """`/` is the single page; `/dashboard/...` its scripts and styles, and
-    `/dashboard/builtins.json` the built-in models the submit form offers."""
+    `/dashboard/builtins.json` the built-in models the submit form offers (the
+    manifest's, as /v1/manifest gives them; this one needs no key)."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -25,6 +26,6 @@ def mount(app: FastAPI) -> None:
 
     @app.get("/dashboard/builtins.json", include_in_schema=False)
     def builtins() -> dict[str, list[str]]:
-        return {"models": list(BUILTIN_MODELS)}
+        return {"models": [m["name"] for m in manifest()["models"]]}
 
     app.mount("/dashboard", StaticFiles(directory=ROOT), name="dashboard")

@@ -12,7 +12,6 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service import crud, storage
-from service.builtins import BUILTIN_MODELS
 from service.config import Settings
 from service.db.models import Dataset, StoredModel, Tenant
 from service.schemas import NAME_PATTERN
@@ -21,6 +20,7 @@ from service.uploads.archives import Limits, extract, is_archive
 from service.uploads.checks import check_dataset, check_hf_dir
 from service.uploads.receive import Received
 from service.uploads.safetensors_check import check_finite, check_safetensors
+from workers.manifest import builtin_model_names
 
 MODEL_FIELDS = {"name", "architecture"}
 WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")  # what a built-in architecture's weights may be
@@ -101,7 +101,7 @@ def _name(session: Session, cls, tenant: Tenant, received: Received) -> str:
     if len(name) > 100 or not re.match(NAME_PATTERN, name):
         raise UploadError(422, "name must be 1-100 letters, digits, '.', '_' or '-', "
                                "starting with a letter or digit")
-    if name in BUILTIN_MODELS and cls is StoredModel:
+    if name in builtin_model_names() and cls is StoredModel:
         raise UploadError(409, f"{name!r} is a built-in model; choose another name")
     if crud.upload_name_taken(session, cls, tenant.id, name):
         kind = "model" if cls is StoredModel else "dataset"
@@ -110,9 +110,9 @@ def _name(session: Session, cls, tenant: Tenant, received: Received) -> str:
 
 
 def _state_dict(received: Received, architecture: str, work: Path) -> dict:
-    if architecture not in BUILTIN_MODELS:
+    if architecture not in builtin_model_names():
         raise UploadError(422, f"unknown architecture {architecture!r}; built-in "
-                               f"architectures: {', '.join(BUILTIN_MODELS)} (leave "
+                               f"architectures: {', '.join(builtin_model_names())} (leave "
                                "`architecture` out to upload a Hugging Face model archive)")
     if not received.filename.lower().endswith(".safetensors"):
         raise UploadError(422, "a state dict must be a .safetensors file (pickled weights "
@@ -135,7 +135,7 @@ def _state_dict(received: Received, architecture: str, work: Path) -> dict:
 def _hf_archive(received: Received, work: Path, settings: Settings) -> tuple[str, dict]:
     if received.filename.lower().endswith(".safetensors"):
         raise UploadError(422, "a bare .safetensors file needs the form field `architecture` "
-                               f"(one of {', '.join(BUILTIN_MODELS)})")
+                               f"(one of {', '.join(builtin_model_names())})")
     if not is_archive(received.path):
         raise UploadError(422, f"{received.filename} is not a zip or tar archive of a Hugging "
                                "Face model folder")

@@ -1,5 +1,6 @@
 """The dashboard's files as served: everything local (no asset from the
-internet), every script and style it references present, the built-in list."""
+internet), every script and style it references present, the built-in models
+of the manifest."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.builtins import BUILTIN_MODELS
 from service.config import Settings
 from service.db.session import dispose_engines
 from service.main import create_app
+from workers.manifest import builtin_model_names
 
 ROOT = Path(__file__).parents[2] / "service" / "dashboard"
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
@@ -47,4 +48,4 @@ def test_the_page_and_everything_it_loads_is_served(client):
 
 
 def test_the_form_offers_the_built_in_models(client):
-    assert client.get("/dashboard/builtins.json").json() == {"models": list(BUILTIN_MODELS)}
+    assert client.get("/dashboard/builtins.json").json() == {"models": builtin_model_names()}

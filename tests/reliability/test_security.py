@@ -29,6 +29,7 @@ DIGITS_WEIGHTS = safetensors_bytes({"fc.weight": ("F32", (4, 4))})
 CALIBRATION = safetensors_bytes({"inputs": ("F32", (4, 1, 8, 8))})
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/", "/openapi.json", "/docs", "/redoc",
           "/docs/oauth2-redirect"}
+SHARED = {"/v1/manifest"}  # needs a key, but is the same for every tenant
 
 
 def app_client(tmp_path, **overrides) -> TestClient:
@@ -74,6 +75,8 @@ def test_every_route_needs_a_key_and_hides_other_tenants_rows(client, auth, sett
         r = client.request(method, url, headers=other)
         if params:  # acme's row seen by globex: as if it did not exist
             assert r.status_code == 404, f"{method} {path}: {r.status_code} {r.text}"
+        elif method == "GET" and path in SHARED:
+            assert r.status_code == 200 and r.json() == client.get(url, headers=auth).json()
         elif method == "GET":  # a listing: none of acme's rows
             assert r.status_code == 200 and r.json()["count"] == 0, f"GET {path}: {r.text}"
         r = client.request(method, url, headers=auth)

@@ -145,7 +145,7 @@ def test_auth_is_required_everywhere_but_health(client, settings):
     from service import crud
     from service.db.session import session_scope
 
-    for path in ("/v1/jobs", "/v1/models", "/v1/datasets", f"/v1/jobs/{uuid.uuid4()}"):
+    for path in ("/v1/jobs", "/v1/models", "/v1/datasets", "/v1/manifest", f"/v1/jobs/{uuid.uuid4()}"):
         r = client.get(path)
         assert r.status_code == 401 and "missing API key" in r.json()["detail"]
         assert r.headers["www-authenticate"] == "Bearer"
@@ -168,10 +168,22 @@ def test_metrics_and_docs(client, auth):
     assert 'bitalloc_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in text
     schema = client.get("/openapi.json").json()
     for path in ("/v1/jobs", "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/result",
-                 "/v1/jobs/{job_id}/artifact", "/v1/models", "/v1/datasets", "/readyz"):
+                 "/v1/jobs/{job_id}/artifact", "/v1/models", "/v1/datasets", "/v1/manifest",
+                 "/readyz"):
         assert path in schema["paths"]
     assert "multipart/form-data" in schema["paths"]["/v1/models"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200
+
+
+def test_the_manifest_is_the_registrys(client, auth):
+    from workers.manifest import manifest
+
+    got = client.get("/v1/manifest", headers=auth).json()
+    assert got == manifest()
+    digits = next(f for f in got["families"] if f["name"] == "digits")
+    assert [(m["name"], m["direction"]) for m in digits["metrics"]][:2] == [
+        ("accuracy", "higher"), ("test_loss", "lower")]
+    assert {m["name"] for m in got["models"]} >= {"digits-cnn", "minilm"}
 
 
 def test_unreachable_broker_submits_nothing(tmp_path):

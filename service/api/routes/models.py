@@ -10,15 +10,15 @@ from fastapi import APIRouter, Query, Request, status
 from service import crud
 from service.api.deps import ModelDep, SessionDep, SettingsDep, TenantDep
 from service.api.routes.uploads import multipart_body, receive_and_store
-from service.builtins import BUILTIN_MODELS
 from service.db.models import StoredModel
 from service.schemas import ModelPublic, ModelsPublic, Page
 from service.uploads.store import MODEL_FIELDS, store_model
+from workers.manifest import builtin_model_names
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 FORM = {"name": "your name for the model (letters, digits, . _ -)",
-        "architecture": f"for a safetensors state dict: one of {', '.join(BUILTIN_MODELS)}; "
+        "architecture": f"for a safetensors state dict: one of {', '.join(builtin_model_names())}; "
                         "leave out for a Hugging Face model archive (.zip, .tar, .tar.gz)"}
 
 
