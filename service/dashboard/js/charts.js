@@ -2,6 +2,7 @@
 // per layer (log scale, error bars), and cost against objective (Pareto).
 import { linear, logScale, s, svgRoot, xAxis, yAxis } from "./svg.js";
 import { fmtNum, h } from "./dom.js";
+import { metricLabel } from "./quality.js";
 
 export const BIT_COLOURS = {
   2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#d9ef8b", 6: "#a6d96a", 8: "#1a9850", 16: "#4575b4",
@@ -179,7 +180,7 @@ export function paretoChart(result) {
   const data = paretoData(result);
   return pointChart({
     title: "Pareto curve, uniform widths and the chosen point", data, byValue: data.byQuality, id: "pareto-chart",
-    yLabel: data.byQuality ? data.metric : "objective ΣΩ (log)",
+    yLabel: data.byQuality ? metricLabel(result.quality, data.metric) : "objective ΣΩ (log)",
     legend: [key("#d73027", "chosen allocation"), key("#fff", "uniform quantization", "1.5px solid #5f6b7a"),
       data.curve.length ? key("#2f5fd0", "Pareto curve (solver sweep)")
         : h("span", {}, "no Pareto sweep in this result: uniform widths and the chosen point")],
@@ -196,9 +197,10 @@ export function qualityChart(result) {
     ? points.map((u) => ({ cost: u.avg_bits, y: u.quality[m], bits: u.w_bits }))
     : [{ cost: q.uniform_bits, y: q.uniform[m], bits: q.uniform_bits }];
   const data = { uniform, chosen: { cost: result.summary.avg_bits, y: q.allocation[m] }, curve: [] };
+  const label = metricLabel(q, m);
   return pointChart({
-    title: `Measured ${m}: uniform widths against the allocation`, data, byValue: true, id: "quality-chart",
-    yLabel: m, line: { y: q.full_precision[m], label: `full precision ${fmtNum(q.full_precision[m], 4)}` },
+    title: `Measured ${label}: uniform widths against the allocation`, data, byValue: true, id: "quality-chart",
+    yLabel: label, line: { y: q.full_precision[m], label: `full precision ${fmtNum(q.full_precision[m], 4)}` },
     legend: [key("#d73027", "allocation (measured)"),
       key("#fff", "uniform quantization (measured)", "1.5px solid #5f6b7a"),
       key("#1a7f37", "full precision")],

@@ -4,6 +4,7 @@ import { api, saveBlob } from "./api.js";
 import { bitsChart, paretoChart, qualityChart, sensitivityChart } from "./charts.js";
 import { badge, fmtBudgets, fmtBytes, fmtNum, fmtTime, h, progressBar } from "./dom.js";
 import { poller } from "./poll.js";
+import { direction, drop } from "./quality.js";
 
 const FINISHED = ["succeeded", "failed", "cancelled"];
 
@@ -81,18 +82,24 @@ function summaryCard(r) {
   ]));
 }
 
+// Each metric with its direction; uniform and allocation with their drop from
+// full precision (the change for the worse, by the metric's direction).
 function qualityCard(r) {
   const q = r.quality;
   const metrics = [q.metric, ...Object.keys(q.full_precision).filter((k) => k !== q.metric)];
+  const measured = (m, value, attrs = {}) => h("td.num", attrs, fmtNum(value, 4),
+    h("div.muted", { "data-drop": m }, `drop ${fmtNum(drop(q, m, q.full_precision[m], value), 3)}`));
   return h("div.card", { id: "quality" }, h("h2", {}, "Measured quality"),
     h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "metric"), h("th.num", {}, "full precision"),
         h("th.num", {}, `uniform ${q.uniform_bits}-bit`), h("th.num", {}, "allocation"))),
-      h("tbody", {}, metrics.map((m) => h("tr", {}, h("td", {}, m),
-        h("td.num", {}, fmtNum(q.full_precision[m], 4)), h("td.num", {}, fmtNum(q.uniform[m], 4)),
-        h("td.num", { "data-metric": m }, fmtNum(q.allocation[m], 4)))))),
+      h("tbody", {}, metrics.map((m) => h("tr", {},
+        h("td", {}, m, h("div.muted", { "data-direction": direction(q, m) }, `${direction(q, m)} is better`)),
+        h("td.num", {}, fmtNum(q.full_precision[m], 4)), measured(m, q.uniform[m]),
+        measured(m, q.allocation[m], { "data-metric": m }))))),
     h("p.muted", {}, `Uniform ${q.uniform_bits}-bit is ${fmtBytes(q.uniform_size_bytes)}; `
-      + `the allocation is ${fmtBytes(r.summary.size_bytes)}.`));
+      + `the allocation is ${fmtBytes(r.summary.size_bytes)}. A drop is the change from full `
+      + "precision for the worse."));
 }
 
 function layerTable(r) {
