@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ class ModelBundle:
     # what defines the function besides weights and calibration data (e.g. an
     # uploaded model's config.json): part of the sensitivity cache key when set
     cache_salt: str = ""
+    tokenizer: Any = None  # a Hugging Face model's tokenizer, written beside exports
 
     def __post_init__(self):
         if not self.metrics:

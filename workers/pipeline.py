@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from kernels.artifact import save_artifact
+from kernels.export import write_export
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
@@ -27,7 +27,7 @@ from workers.evaluate import (
     summarize,
     uniform_points,
 )
-from workers.problem import JobError, build_problem, candidate_choices, check_overrides
+from workers.problem import JobError, build_problem, candidate_choices, check_export, check_overrides
 from workers.spec import (
     FrontierPoint,
     JobResult,
@@ -74,6 +74,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
     check_overrides(spec, all_layers)
+    check_export(spec, bundle, layers)
     scheme = spec.quant.scheme()
 
     def avg_bits(choices) -> float:
@@ -192,7 +193,8 @@ def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, s
 
 
 def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path) -> Path:
-    """`model.safetensors` (packed) + `allocation.json` for the result's allocation."""
+    """The result's allocation in the job's export format (`model.safetensors` packed +
+    `allocation.json` for bitalloc's own), written into `directory`."""
     q = spec.quant
     scheme = q.scheme()
     configs = {layer.name: scheme.config(layer.w_bits) for layer in result.layers}
@@ -201,6 +203,8 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
         "layers": {layer.name: {"w_bits": layer.w_bits, "a_bits": layer.a_bits} for layer in result.layers},
         "unused_layers": result.unused_layers,
         "quant": q.model_dump(),
+        "export": spec.export,
         "summary": result.summary.model_dump(),
     }
-    return save_artifact(bundle.model, configs, directory, allocation)
+    return write_export(spec.export, bundle.model, configs, directory, allocation,
+                        tokenizer=bundle.tokenizer)

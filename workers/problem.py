@@ -3,8 +3,10 @@ integer program (DESIGN §5): options, costs, budgets and per-layer overrides.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+from kernels.export.formats import export_format
 from kernels.scheme import ACTIVATION_BITS as A_BITS
 from kernels.scheme import FULL_PRECISION_BITS, Choice, QuantScheme
 from sensitivity.bundle import ModelBundle
@@ -30,9 +32,10 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
                   pairs: dict | None = None) -> Problem:
     """The integer program of the job; `omega=None` gives the feasibility problem."""
     ov = spec.overrides
+    kept = set(export_keeps_16_bit(spec, layers))
     solver_layers, allowed = [], {}
     for layer in layers:
-        if layer.name in ov.exclude:
+        if layer.name in ov.exclude or layer.name in kept:
             widths = {FULL_PRECISION_BITS}
         else:
             widths = set(ov.allowed.get(layer.name, spec.weight_bits))
@@ -57,6 +60,39 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
         allowed=allowed,
         pairs=[PairTerm(a, b, values) for (a, b), values in (pairs or {}).items()] if omega else (),
     )
+
+
+def export_keeps_16_bit(spec: JobSpec, layers: Sequence[LayerInfo]) -> list[str]:
+    """Layers the export format leaves unquantized (e.g. embeddings in compressed-tensors)."""
+    fmt = export_format(spec.export)
+    return [] if fmt.quantizes_embeddings else [layer.name for layer in layers
+                                                if layer.kind == "embedding"]
+
+
+def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
+    """Refuse, before any work, a model the job's export format cannot hold."""
+    fmt = export_format(spec.export)
+    if fmt.hf_folder and not hasattr(bundle.model, "save_pretrained"):
+        raise JobError(f"export {fmt.name!r} writes a Hugging Face model folder; {bundle.name} "
+                       "is not a transformers model (use export 'bitalloc')")
+    if fmt.layer_kinds is not None:
+        other = sorted({layer.kind for layer in layers} - set(fmt.layer_kinds))
+        if other:
+            names = [layer.name for layer in layers if layer.kind in other]
+            raise JobError(f"export {fmt.name!r} quantizes {', '.join(fmt.layer_kinds)} layers; "
+                           f"{len(names)} layers are {', '.join(other)} ({', '.join(names[:4])}"
+                           f"{', …' if len(names) > 4 else ''}): use export 'bitalloc'")
+    if fmt.whole_groups:
+        g = spec.quant.group_size
+        kept = set(export_keeps_16_bit(spec, layers))
+        ks = {layer.name: math.prod(layer.shape[1:]) for layer in layers if layer.name not in kept}
+        partial = sorted(n for n, k in ks.items() if k > g and k % g)
+        if partial:
+            fits = [d for d in (256, 128, 64, 32, 16, 8) if all(k % d == 0 or k < d for k in ks.values())]
+            hint = f"; group_size {fits[0]} divides them all" if fits else ""
+            raise JobError(f"export {fmt.name!r} needs whole groups: {len(partial)} layers have "
+                           f"inputs that are not a multiple of group_size {g} ({partial[0]}: "
+                           f"{ks[partial[0]]}){hint}")
 
 
 def check_overrides(spec: JobSpec, layers: Sequence[LayerInfo]) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from kernels.export.formats import EXPORT_FORMATS, export_format
 from kernels.scheme import WEIGHT_BITS, QuantScheme, check_weight_bits
 from sensitivity.methods import get_method, parse_method_params
 
@@ -69,6 +70,9 @@ class JobSpec(_Strict):
     min_quality_drop: float | None = Field(None, ge=0)
     quality_evals: int = Field(8, ge=1, le=32)
     pareto_points: int = Field(16, ge=0, le=128)  # 0: no frontier, no uniform curve
+    # the format the artifact is written in (kernels.export.formats); its limits (widths,
+    # symmetric groups, whole groups, embeddings) constrain the allocation before it solves
+    export: str = Field("bitalloc", description=f"one of {', '.join(EXPORT_FORMATS)}")
 
     @field_validator("method")
     @classmethod
@@ -110,6 +114,10 @@ class JobSpec(_Strict):
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs latency_table (per-layer, per-choice ms; "
                              "`bitalloc latency` measures one)")
+        widths = set(self.weight_bits) | set(self.overrides.pins.values())
+        for bits in self.overrides.allowed.values():
+            widths |= set(bits)
+        export_format(self.export).check_spec(sorted(widths), self.quant.symmetric)
         top = self.budgets.get("max_quality_drop")
         if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
             raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")

@@ -81,7 +81,8 @@ def _builtin(request: ModelRequest) -> ModelBundle:
     if request.uploaded:
         info["embedding"] = EMBEDDING_RECIPE
     return text_encoder_bundle(name, model, calibration, corpus["evaluation"],
-                               partner=corpus["partner"], description=description, info=info)
+                               partner=corpus["partner"], description=description, info=info,
+                               tokenizer=tokenizer)
 
 
 def _folder(request: ModelRequest) -> ModelBundle:
@@ -115,7 +116,7 @@ def _folder(request: ModelRequest) -> ModelBundle:
     salt = hashlib.sha256(config_bytes + EMBEDDING_RECIPE.encode()
                           + f"|max_tokens={max_tokens}".encode()).hexdigest()
     return text_encoder_bundle(
-        name, model, calibration, evaluation, partner=partner, cache_salt=salt,
+        name, model, calibration, evaluation, partner=partner, cache_salt=salt, tokenizer=tokenizer,
         description=f"uploaded Hugging Face {source.architecture} model ({type(model).__name__}), "
                     "sentence embeddings, self-distillation loss",
         info={"source": request.source_note(), "calibration": note, "evaluation": eval_note,
@@ -177,7 +178,7 @@ def corpus_batches(tokenizer, inputs: Sequence[str], max_tokens: int) -> dict:
 def text_encoder_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
                         evaluation: Sequence[Batch], *, description: str,
                         partner: list[int] | None = None, info: dict | None = None,
-                        cache_salt: str = "") -> ModelBundle:
+                        cache_salt: str = "", tokenizer=None) -> ModelBundle:
     """`calibration` and `evaluation`: token batches (input_ids, attention_mask, and
     token_type_ids where the model takes them); `partner[i]`: the paraphrase of
     evaluation sample i, when the evaluation texts come in paraphrase pairs."""
@@ -217,4 +218,5 @@ def text_encoder_bundle(name: str, model: nn.Module, calibration: Sequence[Batch
         description=description,
         info={**facts, **(info or {})},
         cache_salt=cache_salt,
+        tokenizer=tokenizer,
     )

@@ -1,0 +1,138 @@
+"""compressed-tensors `pack-quantized` checkpoints (what llm-compressor writes and
+transformers, via the `compressed-tensors` package, and vLLM load).
+
+Per quantized module `<m>`: `<m>.weight_packed` int32 (out, ceil(K·b/32)) — the
+codes as one dense little-endian bit stream per row, element i at bit i·b (the
+layout of compressed-tensors ≥ 0.20; older releases put 32//b values in a word) —,
+`<m>.weight_scale` fp16 (out, K/g), `<m>.weight_zero_point` int32 packed the same
+way along the output dimension (ceil(out·b/32), K/g) when asymmetric, and
+`<m>.weight_shape` (out, K). The format stores codes and zero points signed (minus
+2^(b−1)) before adding the same offset back when packing, so the packed bits are our
+unsigned codes and zero points unchanged, and (q − zp)·scale equals our
+(code − zero)·scale. config.json gets a `quantization_config` with one config group
+per (bits, group size, symmetric); every other tensor is written in fp16.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from kernels.layout import shared_users
+from kernels.quantizer import QuantizedWeight
+
+FORMAT = "pack-quantized"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def dense_pack(values: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned `bits`-bit integers (rows, n) along dim 1 into int32 words
+    (rows, ceil(n·bits/32)): element i occupies bits [i·bits, (i+1)·bits) of the
+    row's little-endian bit stream."""
+    rows, n = values.shape
+    words = math.ceil(n * bits / 32)
+    v = values.to(torch.int64)
+    start = torch.arange(n, dtype=torch.int64) * bits
+    word, offset = start // 32, start % 32
+    out = torch.zeros(rows, words + 1, dtype=torch.int64)
+    out.scatter_add_(1, word.expand(rows, n), (v << offset) & 0xFFFFFFFF)
+    spill = offset + bits > 32
+    if bool(spill.any()):
+        high = v[:, spill] >> (32 - offset[spill])
+        out.scatter_add_(1, (word[spill] + 1).expand(rows, int(spill.sum())), high)
+    out = out[:, :words]
+    return torch.where(out >= 2**31, out - 2**32, out).to(torch.int32)
+
+
+def module_tensors(name: str, q: QuantizedWeight) -> dict[str, torch.Tensor]:
+    """The packed tensors of one quantized module."""
+    bits = q.config.bits
+    out = {f"{name}.weight_packed": dense_pack(q.codes, bits),
+           f"{name}.weight_scale": q.scales.to(torch.float16),
+           f"{name}.weight_shape": torch.tensor(list(q.codes.shape), dtype=torch.int64)}
+    if not q.config.symmetric:
+        out[f"{name}.weight_zero_point"] = dense_pack(q.zeros.T.contiguous(), bits).T.contiguous()
+    return out
+
+
+def quantization_config(quantized: Mapping[str, QuantizedWeight]) -> dict:
+    """The `quantization_config` of config.json: one group per (bits, group, symmetric)."""
+    groups: dict[tuple[int, int, bool], list[str]] = {}
+    for name, q in sorted(quantized.items()):
+        k = q.codes.shape[1]
+        groups.setdefault((q.config.bits, q.config.group_size_for(k), q.config.symmetric),
+                          []).append(name)
+    config_groups = {}
+    for i, ((bits, group, symmetric), names) in enumerate(sorted(groups.items())):
+        config_groups[f"group_{i}"] = {
+            "targets": [f"re:^{n.replace('.', '[.]')}$" for n in names],
+            "weights": {"num_bits": bits, "type": "int", "symmetric": symmetric,
+                        "strategy": "group", "group_size": group, "dynamic": False,
+                        "observer": "minmax"},
+            "input_activations": None, "output_activations": None,
+        }
+    return {"quant_method": "compressed-tensors", "format": FORMAT,
+            "quantization_status": "compressed", "config_groups": config_groups, "ignore": []}
+
+
+def check_exportable(model: nn.Module, quantized: Mapping[str, QuantizedWeight]) -> None:
+    """Refuse what the format cannot hold, naming the layers."""
+    modules = dict(model.named_modules())
+    problems = []
+    for name, q in quantized.items():
+        module = modules.get(name)
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
+            problems.append(f"{name} is a {type(module).__name__} (compressed-tensors packs "
+                            "Linear and Embedding weights)")
+            continue
+        if shared_users(model, name):
+            problems.append(f"{name} shares its weight with {', '.join(shared_users(model, name))} "
+                            "(tied embeddings stay in 16 bits in this format)")
+        k = q.codes.shape[1]
+        if k % q.config.group_size_for(k):
+            problems.append(f"{name} has {k} inputs, not a multiple of its group size "
+                            f"{q.config.group_size} (compressed-tensors needs whole groups)")
+        if q.config.bits > 8:
+            problems.append(f"{name} at {q.config.bits} bits (1-8 only)")
+    if problems:
+        raise ValueError("cannot export to compressed-tensors: " + "; ".join(problems))
+
+
+def export_compressed_tensors(model: nn.Module, quantized: Mapping[str, QuantizedWeight],
+                              directory: str | Path, tokenizer=None) -> Path:
+    """Write `model` (a transformers PreTrainedModel) with the modules in `quantized`
+    packed into a complete Hugging Face folder at `directory` (config.json, weights,
+    generation config, and the tokenizer when given). Layers not in `quantized` are
+    written in fp16. Returns the folder."""
+    check_exportable(model, quantized)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    packed = {f"{name}.weight" for name in quantized}
+    seen: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        if key in packed or tensor.data_ptr() in seen:
+            continue  # a tied weight is stored once; config.json re-ties it on load
+        seen.add(tensor.data_ptr())
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        tensors[key] = tensor.detach().cpu().contiguous()
+    for name, q in quantized.items():
+        tensors.update(module_tensors(name, q))
+    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config["torch_dtype"] = "float16"
+    config.pop("dtype", None)
+    config["quantization_config"] = quantization_config(quantized)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if getattr(model, "generation_config", None) is not None and model.can_generate():
+        model.generation_config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

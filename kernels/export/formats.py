@@ -1,0 +1,50 @@
+"""What each export format can hold, free of torch: the job spec checks a request
+against it at submit time and the problem builder turns it into per-layer limits
+before the integer program solves (DESIGN §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.scheme import WEIGHT_BITS
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    description: str
+    widths: tuple[int, ...]  # weight widths the format holds (16: left unquantized)
+    symmetric: bool | None = None  # True: only symmetric groups load; None: either
+    whole_groups: bool = False  # the group size must divide every quantized layer's inputs
+    quantizes_embeddings: bool = True
+    layer_kinds: tuple[str, ...] | None = None  # layer kinds it can quantize; None: all
+    hf_folder: bool = False  # writes a Hugging Face model folder (needs a transformers model)
+
+    def check_spec(self, weight_bits: list[int], symmetric: bool) -> None:
+        """Raise ValueError with the reason when a job's settings cannot be exported."""
+        outside = sorted(set(weight_bits) - set(self.widths))
+        if outside:
+            raise ValueError(f"export {self.name!r} holds weight widths {list(self.widths)}; "
+                             f"remove {outside} from weight_bits")
+        if self.symmetric and not symmetric:
+            raise ValueError(f"export {self.name!r} loads symmetric groups only: set "
+                             "quant.symmetric to true")
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("bitalloc", "bitalloc's packed artifact (model.safetensors + allocation.json), "
+                 "run by kernels.artifact.load_artifact", WEIGHT_BITS),
+    # symmetric only: transformers' CPU loader (compressed-tensors 0.20) cannot build the
+    # packed zero points of asymmetric groups, and vLLM's Marlin/Machete kernels serve
+    # symmetric groups
+    ExportFormat("compressed-tensors", "compressed-tensors pack-quantized Hugging Face folder "
+                 "(transformers with the compressed-tensors package, vLLM)",
+                 (2, 3, 4, 5, 6, 8, 16), symmetric=True, whole_groups=True,
+                 quantizes_embeddings=False, layer_kinds=("linear", "embedding"), hf_folder=True),
+)}
+
+
+def export_format(name: str) -> ExportFormat:
+    if name not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {name!r}; formats: {', '.join(EXPORT_FORMATS)}")
+    return EXPORT_FORMATS[name]
