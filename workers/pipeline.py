@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from kernels.export import write_export
+from kernels.export.registry import write_export
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table

@@ -1,42 +1,4 @@
 """Exporters: an allocation written in the checkpoint formats serving engines load.
-
-`write_export(name, …)` is the one entry point; each format is a module of its own,
-and `kernels.export.formats` (torch-free) declares what each can hold, so the job
-spec and the integer program respect it before solving. Every export folder also
-gets `allocation.json`.
-"""
-
-from __future__ import annotations
-
-import json
-import os
-from collections.abc import Mapping
-from pathlib import Path
-
-from torch import nn
-
-from kernels.export.formats import export_format
-from kernels.scheme import QuantConfig
-
-ALLOCATION_FILE = "allocation.json"
-
-
-def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig],
-                 directory: str | os.PathLike, allocation_json: dict, tokenizer=None) -> Path:
-    """Write `model` with each layer in `configs` at its config into `directory` in
-    format `name`; returns the directory."""
-    export_format(name)  # unknown names fail here, with the list
-    out = Path(directory)
-    if name == "bitalloc":
-        from kernels.artifact import save_artifact
-
-        return save_artifact(model, configs, out, allocation_json)
-    from kernels.export.compressed_tensors import export_compressed_tensors
-    from kernels.layout import quantizer_view
-    from kernels.quantizer import quantize
-
-    modules = dict(model.named_modules())
-    quantized = {n: quantize(quantizer_view(modules[n]), c) for n, c in configs.items() if c.quantized}
-    export_compressed_tensors(model, quantized, out, tokenizer=tokenizer)
-    (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
-    return out
+`kernels.export.registry.write_export` is the one entry point, one module per
+format; `kernels.export.formats` declares what each format holds. This package
+file stays free of torch: the service reads `formats`."""
