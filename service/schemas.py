@@ -158,15 +158,31 @@ class BuiltinModelInfo(BaseModel):
     description: str
 
 
+class MethodParameter(BaseModel):
+    name: str
+    type: str = Field(description="its JSON type: number, integer, boolean, string, …")
+    default: Any
+    allowed: list[Any] | None = Field(description="the values it may take; null: any of its type")
+    requires: dict[str, Any] | None = Field(None, description="only with these other settings")
+
+
+class MethodInfo(BaseModel):
+    name: str
+    summary: str
+    parameters: list[MethodParameter] = Field(description="what `method_params` may set")
+
+
 class ManifestPublic(BaseModel):
     """What a job can name: the built-in models and their families, each family's
-    quality metrics with their directions, the weight widths and the budgets
-    (`workers.manifest`, the document the CLI and the dashboard read too)."""
+    quality metrics with their directions, the sensitivity methods and their
+    parameters, the weight widths and the budgets (`workers.manifest`, the document
+    the CLI and the dashboard read too)."""
 
     model_config = ConfigDict(extra="allow")  # sections the manifest gains pass through
 
     models: list[BuiltinModelInfo]
     families: list[FamilyInfo]
+    methods: list[MethodInfo]
     weight_bits: list[int]
     budgets: list[str]
 

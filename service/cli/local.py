@@ -87,13 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.model and not args.model_dir:
         raise UsageError("give --model (a built-in model) or --model-dir")
     args.model = args.model or Path(args.model_dir).resolve().name
-    spec = build_spec(args)
-    from sensitivity.estimators import method_names
+    spec = build_spec(args)  # the method and its parameters are checked here, before any loading
     from workers.pipeline import JobError, run_job
 
     model_source, data_source = local_uploads(args, spec.model)
-    if spec.method not in method_names():
-        raise UsageError(f"unknown method {spec.method!r}; methods: {', '.join(method_names())}")
     try:
         result = run_job(spec, ProgressPrinter(), artifact_dir=args.artifact,
                          model_source=model_source, data_source=data_source)

@@ -12,6 +12,7 @@ from workers.manifest import manifest
 router = APIRouter(prefix="/manifest", tags=["manifest"])
 
 
-@router.get("", response_model=ManifestPublic)
+# unset: a field the manifest leaves out (a parameter's `requires`) stays out
+@router.get("", response_model=ManifestPublic, response_model_exclude_unset=True)
 async def get_manifest(_tenant: TenantDep) -> ManifestPublic:
     return ManifestPublic.model_validate(manifest())
