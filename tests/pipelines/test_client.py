@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from service.client import BadRequest, Client, ClientError, NotFound, Unauthorized, Unreachable, WaitTimeout
 from service.cli.progress import ProgressPrinter
+from service.client import BadRequest, Client, ClientError, NotFound, Unauthorized, Unreachable, WaitTimeout
 
 NO_JOB = "00000000-0000-0000-0000-000000000000"
 
