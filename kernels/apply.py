@@ -1,11 +1,17 @@
 """Apply an allocation: the one entry point that turns a float model into a packed one.
 
 `apply_allocation(model, {name: QuantConfig})` returns a copy in which every named
-Linear / Conv1d / Conv2d / Embedding with bits < 16 is replaced by its packed module
-(`kernels.modules`) at its own width. Entries with bits = 16 keep the float layer with
-its weight rounded to 16-bit values, exactly as `kernels.fake_quant.fake_quantize_model`
-does and as the artifact (`kernels.artifact`) stores it: the size accounting counts
-those layers at 16 bits. The packed model computes the fake-quantized model's function.
+Linear / Conv1D (transformers) / Conv1d / Conv2d / Embedding with bits < 16 is replaced
+by its packed module (`kernels.modules`) at its own width. Entries with bits = 16 keep
+the float layer with its weight rounded to 16-bit values, exactly as
+`kernels.fake_quant.fake_quantize_model` does and as the artifact (`kernels.artifact`)
+stores it: the size accounting counts those layers at 16 bits. The packed model
+computes the fake-quantized model's function.
+
+A weight shared with other modules (an embedding tied to the LM head) is allocated
+once, under the embedding's name: its users become packed linear layers on the same
+buffers (`QuantLinear.sharing`), so it is stored once and both computations see the
+same quantized values.
 """
 
 from __future__ import annotations
@@ -16,21 +22,25 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from kernels.modules import QuantConv, QuantEmbedding, QuantLinear
-from kernels.quantizer import fake_quantize
+from kernels.fake_quant import fake_quantize_weight
+from kernels.layout import is_transposed_linear, shared_users
+from kernels.modules import QuantConv, QuantConv1DT, QuantEmbedding, QuantLinear
 from kernels.scheme import QuantConfig
 
 LAYER_KINDS: dict[type, str] = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d",
                                 nn.Embedding: "embedding"}
+HF_CONV1D = "hf_conv1d"  # transformers' Conv1D: a linear layer storing its weight (in, out)
 PACKED_TYPES = (QuantLinear, QuantConv, QuantEmbedding)
 
 
 def layer_kind(module: nn.Module) -> str:
-    """'linear' | 'conv1d' | 'conv2d' | 'embedding'; ValueError for anything else."""
+    """'linear' | 'hf_conv1d' | 'conv1d' | 'conv2d' | 'embedding'; ValueError otherwise."""
+    if is_transposed_linear(module):
+        return HF_CONV1D
     kind = LAYER_KINDS.get(type(module))
     if kind is None:
         raise ValueError(f"{type(module).__name__} is not quantizable; quantizable layers are "
-                         "Linear, Conv1d, Conv2d and Embedding")
+                         "Linear, transformers' Conv1D, Conv1d, Conv2d and Embedding")
     return kind
 
 
@@ -39,6 +49,8 @@ def pack_module(module: nn.Module, config: QuantConfig) -> nn.Module:
     kind = layer_kind(module)
     if kind == "linear":
         return QuantLinear.from_linear(module, config)
+    if kind == HF_CONV1D:
+        return QuantConv1DT.from_conv1d(module, config)
     if kind == "embedding":
         return QuantEmbedding.from_embedding(module, config)
     return QuantConv.from_conv(module, config)
@@ -49,9 +61,20 @@ def empty_packed_module(module: nn.Module, config: QuantConfig) -> nn.Module:
     kind = layer_kind(module)
     if kind == "linear":
         return QuantLinear.empty_like(module, config)
+    if kind == HF_CONV1D:
+        return QuantConv1DT.empty_like(module, config)
     if kind == "embedding":
         return QuantEmbedding.empty_like(module, config)
     return QuantConv.empty_like(module, config)
+
+
+def sharing_module(user: nn.Module, owner: nn.Module) -> nn.Module:
+    """The packed form of `user`, a linear layer holding the weight of the packed `owner`."""
+    if type(user) is not nn.Linear or tuple(user.weight.shape) != tuple(owner.weight_shape):
+        raise ValueError(f"a {type(user).__name__} sharing a packed {owner.kind}'s weight "
+                         "cannot be packed; only a linear layer of the same shape (a tied LM "
+                         "head) can")
+    return QuantLinear.sharing(owner, user.bias)
 
 
 @torch.no_grad()
@@ -59,9 +82,10 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn
     """A copy of `model` with each layer named in `configs` packed at its config's width.
 
     Layers already packed with the same config are kept (applying twice is harmless);
-    raises ValueError for unknown names, non-quantizable modules, or a packed layer
-    whose config differs."""
+    raises ValueError for unknown names, non-quantizable modules, a packed layer
+    whose config differs, or two entries for one shared weight."""
     modules = dict(model.named_modules())
+    users: dict[str, dict[str, nn.Module]] = {}
     for name, config in configs.items():
         if not isinstance(config, QuantConfig):
             raise ValueError(f"{name}: expected a QuantConfig, got {type(config).__name__}")
@@ -76,11 +100,21 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn
             layer_kind(module)
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
+        users[name] = shared_users(model, name)
+        twice = sorted(set(users[name]) & set(configs))
+        if twice:
+            raise ValueError(f"{name} shares its weight with {', '.join(twice)}: a shared weight "
+                             "is one layer, allocate it once")
     packed = copy.deepcopy(model)
     for name, config in configs.items():
         module = packed.get_submodule(name)
-        if config.quantized and not isinstance(module, PACKED_TYPES):
-            packed.set_submodule(name, pack_module(module, config))
-        elif not config.quantized:  # left in 16-bit: the values its 16-bit storage holds
-            module.weight.data = fake_quantize(module.weight.data, config)
+        if isinstance(module, PACKED_TYPES):
+            continue
+        if config.quantized:
+            owner = pack_module(module, config)
+            packed.set_submodule(name, owner)
+            for user in users[name]:
+                packed.set_submodule(user, sharing_module(packed.get_submodule(user), owner))
+        else:  # left in 16-bit: the values its 16-bit storage holds (shared users see them too)
+            module.weight.data = fake_quantize_weight(module, config)
     return packed

@@ -6,7 +6,9 @@ unchanged, and the weights of 16-bit layers in 16 bits (fp16, or bf16 when the m
 bf16), as the size accounting counts them. Its metadata (strings) holds:
 
 * `format` = "bitalloc.packed", `format_version` = "1", `packing` (the layout in words);
-* `layers`: JSON {name: {kind, shape, bits, group_size, symmetric, mse_clip}};
+* `layers`: JSON {name: {kind, shape, bits, group_size, symmetric, mse_clip}, plus
+  `shared_by` (the modules holding the same weight, e.g. a tied LM head) where there are
+  any}; `shape` is the quantizer view's (out, in) for transformers' Conv1D;
 * `allocation`: the allocation JSON given to `save_artifact`;
 * `aliases`: JSON {key: key it shares storage with} (stored once);
 * `hf_class`, `hf_config`, `float_dtype`: for a Hugging Face model, what
@@ -27,7 +29,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kernels.apply import PACKED_TYPES, apply_allocation, empty_packed_module, layer_kind
+from kernels.apply import (
+    PACKED_TYPES,
+    apply_allocation,
+    empty_packed_module,
+    layer_kind,
+    sharing_module,
+)
+from kernels.layout import logical_shape, shared_users
 from kernels.quantizer import sixteen_bit_dtype
 from kernels.scheme import QuantConfig
 
@@ -47,14 +56,17 @@ def save_artifact(model: nn.Module, configs: Mapping[str, QuantConfig],
     artifact into `directory` (created if missing). Returns the directory."""
     packed = apply_allocation(model, configs)
     modules = dict(packed.named_modules())
-    layers = {name: _layer_record(modules[name], cfg) for name, cfg in configs.items()}
+    layers = {name: _layer_record(modules[name], cfg, sorted(shared_users(model, name)))
+              for name, cfg in configs.items()}
+    sixteen = {f"{n}.weight" for n, cfg in configs.items() if not cfg.quantized}
+    sixteen |= {f"{user}.weight" for n, r in layers.items() if not configs[n].quantized
+                for user in r.get("shared_by", ())}
+    unique, aliases = _dedupe(dict(packed.state_dict()))  # a shared weight is stored once
     tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in packed.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if owner in configs and not configs[owner].quantized and leaf == "weight":
+    for key, tensor in unique.items():
+        if key in sixteen or any(aliases[a] == key for a in aliases if a in sixteen):
             tensor = tensor.to(sixteen_bit_dtype(tensor.dtype))
         tensors[key] = tensor.detach().to("cpu").contiguous()
-    tensors, aliases = _dedupe(tensors)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -115,13 +127,16 @@ def load_artifact(directory: str | os.PathLike,
 # --- internals -----------------------------------------------------------------
 
 
-def _layer_record(module: nn.Module, config: QuantConfig) -> dict:
+def _layer_record(module: nn.Module, config: QuantConfig, shared_by: list[str]) -> dict:
     if isinstance(module, PACKED_TYPES):
         kind, shape = module.kind, list(module.weight_shape)
     else:
-        kind, shape = layer_kind(module), list(module.weight.shape)
-    return {"kind": kind, "shape": shape, "bits": config.bits, "group_size": config.group_size,
-            "symmetric": config.symmetric, "mse_clip": config.mse_clip}
+        kind, shape = layer_kind(module), list(logical_shape(module))
+    record = {"kind": kind, "shape": shape, "bits": config.bits, "group_size": config.group_size,
+              "symmetric": config.symmetric, "mse_clip": config.mse_clip}
+    if shared_by:
+        record["shared_by"] = shared_by
+    return record
 
 
 def _swap_in(model: nn.Module, name: str, record: dict) -> None:
@@ -130,14 +145,23 @@ def _swap_in(model: nn.Module, name: str, record: dict) -> None:
     except AttributeError:
         raise ValueError(f"the model built has no layer {name!r}") from None
     kind = layer_kind(module)
-    if kind != record["kind"] or list(module.weight.shape) != record["shape"]:
+    if kind != record["kind"] or list(logical_shape(module)) != record["shape"]:
         raise ValueError(f"layer {name}: the artifact holds a {record['kind']} "
                          f"{record['shape']}, the model built a {kind} "
-                         f"{list(module.weight.shape)}")
+                         f"{list(logical_shape(module))}")
     config = QuantConfig(record["bits"], record["group_size"], record["symmetric"],
                          record["mse_clip"])
-    if config.quantized:
-        model.set_submodule(name, empty_packed_module(module, config))
+    if not config.quantized:
+        return
+    owner = empty_packed_module(module, config)
+    model.set_submodule(name, owner)
+    for user in record.get("shared_by", ()):
+        try:
+            target = model.get_submodule(user)
+        except AttributeError:
+            raise ValueError(f"the model built has no layer {user!r} (it shares {name}'s "
+                             "weight in the artifact)") from None
+        model.set_submodule(user, sharing_module(target, owner))
 
 
 def _dedupe(tensors: dict[str, torch.Tensor]):

@@ -1,13 +1,17 @@
 """Quantized modules holding packed weights (`kernels.packed_weight`) as buffers.
 
 * `QuantLinear`: y = x @ dequant(Wq)^T + b through the `bitalloc::wq_linear` op (Triton on
-  CUDA, the torch path elsewhere).
+  CUDA, the torch path elsewhere). `QuantConv1DT` is the same for transformers' `Conv1D`
+  (weight stored (in, out), packed from its (out, in) quantizer view).
 * `QuantConv`: a Conv1d/Conv2d whose weight (out, in/groups, *kernel) is packed as
   (out, in/groups * prod(kernel)); dequantized per call into F.conv1d / F.conv2d.
 * `QuantEmbedding`: dequantizes only the looked-up rows.
 
 Buffers: `qweight`, `scales`, `zeros` (+ `bias` where the layer has one, in its original
 dtype). Each module can be built empty (to load an artifact into) or from a float layer.
+A linear layer that shares its weight with a packed embedding (a tied LM head) is a
+`QuantLinear` holding the embedding's very buffers (`QuantLinear.sharing`): the two
+layouts are the same, (V, d) grouped along d.
 No policy here: which layer gets which width is `kernels.apply`'s business.
 """
 
@@ -88,6 +92,22 @@ class QuantLinear(_Packed):
             module.bias.copy_(linear.bias)
         return module
 
+    @classmethod
+    def sharing(cls, owner: _Packed, bias: torch.Tensor | None = None) -> QuantLinear:
+        """A linear layer y = x Wᵀ (+ bias) on the packed weight of `owner` (an embedding
+        table (V, d) used as the output projection d -> V), its buffers shared, not copied."""
+        if len(owner.weight_shape) != 2:
+            raise ValueError(f"only a 2-D packed weight can serve as a linear layer, got "
+                             f"{owner.weight_shape}")
+        out_features, in_features = owner.weight_shape
+        module = cls(in_features, out_features, bias is not None, owner.config,
+                     torch.float32 if bias is None else bias.dtype, owner.qweight.device)
+        for key in ("qweight", "scales", "zeros"):
+            setattr(module, key, getattr(owner, key))
+        if bias is not None:
+            module.bias.copy_(bias.detach())
+        return module
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features, expected {self.in_features}")
@@ -100,6 +120,27 @@ class QuantLinear(_Packed):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, bits={self.config.bits}, "
                 f"group_size={self.config.group_size}")
+
+
+class QuantConv1DT(QuantLinear):
+    """transformers' `Conv1D` (y = x @ W + b, W stored (in, out)) with its weight packed
+    from the (out, in) quantizer view: computes exactly what `QuantLinear` computes."""
+
+    kind = "hf_conv1d"
+
+    @classmethod
+    def empty_like(cls, conv: nn.Module, config: QuantConfig) -> QuantConv1DT:
+        nx, nf = conv.weight.shape
+        return cls(nx, nf, conv.bias is not None, config, conv.weight.dtype, conv.weight.device)
+
+    @classmethod
+    @torch.no_grad()
+    def from_conv1d(cls, conv: nn.Module, config: QuantConfig) -> QuantConv1DT:
+        module = cls.empty_like(conv, config)
+        module._load_packed(pack_weight(conv.weight.T, config))
+        if conv.bias is not None:
+            module.bias.copy_(conv.bias)
+        return module
 
 
 class QuantConv(_Packed):
