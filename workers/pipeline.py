@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from kernels.export.formats import export_format
 from kernels.export.registry import write_export
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
@@ -70,7 +71,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     done("load")
 
     stage("layers")
-    all_layers = discover_layers(bundle)
+    all_layers = discover_layers(bundle, fused=export_format(spec.export).fused_ties)
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
     check_overrides(spec, all_layers)

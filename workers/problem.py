@@ -63,10 +63,12 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
 
 
 def export_keeps_16_bit(spec: JobSpec, layers: Sequence[LayerInfo]) -> list[str]:
-    """Layers the export format leaves unquantized (e.g. embeddings in compressed-tensors)."""
+    """Layers the export format leaves unquantized (embeddings in compressed-tensors and
+    GPTQ, the LM head in GPTQ)."""
     fmt = export_format(spec.export)
-    return [] if fmt.quantizes_embeddings else [layer.name for layer in layers
-                                                if layer.kind == "embedding"]
+    return [layer.name for layer in layers
+            if (layer.kind == "embedding" and not fmt.quantizes_embeddings)
+            or (layer.name.rpartition(".")[2] == "lm_head" and not fmt.quantizes_lm_head)]
 
 
 def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
@@ -86,12 +88,14 @@ def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]
         g = spec.quant.group_size
         kept = set(export_keeps_16_bit(spec, layers))
         ks = {layer.name: math.prod(layer.shape[1:]) for layer in layers if layer.name not in kept}
-        partial = sorted(n for n, k in ks.items() if k > g and k % g)
+        partial = sorted(n for n, k in ks.items() if (k > g and k % g) or k % fmt.inputs_multiple)
         if partial:
-            fits = [d for d in (256, 128, 64, 32, 16, 8) if all(k % d == 0 or k < d for k in ks.values())]
+            fits = [d for d in (256, 128, 64, 32, 16, 8)
+                    if all((k % d == 0 or k < d) and k % fmt.inputs_multiple == 0 for k in ks.values())]
             hint = f"; group_size {fits[0]} divides them all" if fits else ""
-            raise JobError(f"export {fmt.name!r} needs whole groups: {len(partial)} layers have "
-                           f"inputs that are not a multiple of group_size {g} ({partial[0]}: "
+            packing = f" and inputs in multiples of {fmt.inputs_multiple}" if fmt.inputs_multiple > 1 else ""
+            raise JobError(f"export {fmt.name!r} needs whole groups{packing}: {len(partial)} layers "
+                           f"have inputs that do not fit group_size {g} ({partial[0]}: "
                            f"{ks[partial[0]]}){hint}")
 
 

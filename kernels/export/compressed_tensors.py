@@ -15,39 +15,18 @@ per (bits, group size, symmetric); every other tensor is written in fp16.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
+from kernels.export.bitstream import dense_pack
+from kernels.export.hf_folder import write_hf_folder
 from kernels.layout import shared_users
 from kernels.quantizer import QuantizedWeight
 
 FORMAT = "pack-quantized"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def dense_pack(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned `bits`-bit integers (rows, n) along dim 1 into int32 words
-    (rows, ceil(n·bits/32)): element i occupies bits [i·bits, (i+1)·bits) of the
-    row's little-endian bit stream."""
-    rows, n = values.shape
-    words = math.ceil(n * bits / 32)
-    v = values.to(torch.int64)
-    start = torch.arange(n, dtype=torch.int64) * bits
-    word, offset = start // 32, start % 32
-    out = torch.zeros(rows, words + 1, dtype=torch.int64)
-    out.scatter_add_(1, word.expand(rows, n), (v << offset) & 0xFFFFFFFF)
-    spill = offset + bits > 32
-    if bool(spill.any()):
-        high = v[:, spill] >> (32 - offset[spill])
-        out.scatter_add_(1, (word[spill] + 1).expand(rows, int(spill.sum())), high)
-    out = out[:, :words]
-    return torch.where(out >= 2**31, out - 2**32, out).to(torch.int32)
 
 
 def module_tensors(name: str, q: QuantizedWeight) -> dict[str, torch.Tensor]:
@@ -111,28 +90,8 @@ def export_compressed_tensors(model: nn.Module, quantized: Mapping[str, Quantize
     generation config, and the tokenizer when given). Layers not in `quantized` are
     written in fp16. Returns the folder."""
     check_exportable(model, quantized)
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    packed = {f"{name}.weight" for name in quantized}
-    seen: set[int] = set()
-    for key, tensor in model.state_dict().items():
-        if key in packed or tensor.data_ptr() in seen:
-            continue  # a tied weight is stored once; config.json re-ties it on load
-        seen.add(tensor.data_ptr())
-        if tensor.is_floating_point():
-            tensor = tensor.to(torch.float16)
-        tensors[key] = tensor.detach().cpu().contiguous()
     for name, q in quantized.items():
         tensors.update(module_tensors(name, q))
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    config = model.config.to_dict()
-    config["torch_dtype"] = "float16"
-    config.pop("dtype", None)
-    config["quantization_config"] = quantization_config(quantized)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if getattr(model, "generation_config", None) is not None and model.can_generate():
-        model.generation_config.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    return out
+    return write_hf_folder(model, quantized, tensors, quantization_config(quantized), directory,
+                           tokenizer)

@@ -16,8 +16,11 @@ class ExportFormat:
     widths: tuple[int, ...]  # weight widths the format holds (16: left unquantized)
     symmetric: bool | None = None  # True: only symmetric groups load; None: either
     whole_groups: bool = False  # the group size must divide every quantized layer's inputs
+    inputs_multiple: int = 1  # every quantized layer's inputs a multiple of this (packing)
     quantizes_embeddings: bool = True
     layer_kinds: tuple[str, ...] | None = None  # layer kinds it can quantize; None: all
+    quantizes_lm_head: bool = True
+    fused_ties: bool = False  # q/k/v and gate/up share their bits (the engine fuses them)
     hf_folder: bool = False  # writes a Hugging Face model folder (needs a transformers model)
 
     def check_spec(self, weight_bits: list[int], symmetric: bool) -> None:
@@ -41,6 +44,13 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  "(transformers with the compressed-tensors package, vLLM)",
                  (2, 3, 4, 5, 6, 8, 16), symmetric=True, whole_groups=True,
                  quantizes_embeddings=False, layer_kinds=("linear", "embedding"), hf_folder=True),
+    # vLLM's gptq method: 2/3/4/8-bit groups with zero points, fused q/k/v and gate/up,
+    # embeddings and the LM head in 16 bits
+    ExportFormat("gptq", "GPTQ Hugging Face folder with per-module `dynamic` bits (vLLM's gptq "
+                 "method)", (2, 3, 4, 8, 16), whole_groups=True, inputs_multiple=32,
+                 quantizes_embeddings=False,
+                 layer_kinds=("linear", "embedding"), quantizes_lm_head=False, fused_ties=True,
+                 hf_folder=True),
 )}
 
 

@@ -29,11 +29,13 @@ def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig]
 
         return save_artifact(model, configs, out, allocation_json)
     from kernels.export.compressed_tensors import export_compressed_tensors
+    from kernels.export.gptq import export_gptq
     from kernels.layout import quantizer_view
     from kernels.quantizer import quantize
 
+    exporter = {"compressed-tensors": export_compressed_tensors, "gptq": export_gptq}[name]
     modules = dict(model.named_modules())
     quantized = {n: quantize(quantizer_view(modules[n]), c) for n, c in configs.items() if c.quantized}
-    export_compressed_tensors(model, quantized, out, tokenizer=tokenizer)
+    exporter(model, quantized, out, tokenizer=tokenizer)
     (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
     return out

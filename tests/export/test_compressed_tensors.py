@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from kernels.export.bitstream import dense_pack
 from kernels.export.registry import write_export
-from kernels.export.compressed_tensors import dense_pack
 from kernels.fake_quant import fake_quantize_model
 from kernels.scheme import QuantConfig
 
