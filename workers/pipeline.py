@@ -13,7 +13,6 @@ from kernels.export.registry import write_export
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
-from sensitivity.estimators import get_estimator
 from sensitivity.layers import discover_layers
 from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
@@ -62,10 +61,6 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         timings[name] = time.perf_counter() - timings[name]
         progress(name, 1.0, f"{name} done in {timings[name]:.1f}s")
 
-    try:
-        get_estimator(spec.method)  # fail fast on an unknown method
-    except ValueError as exc:
-        raise JobError(str(exc)) from None
     stage("load")
     bundle = load_bundle(spec.model, model_source, data_source)
     done("load")
@@ -95,7 +90,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     try:
         table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
                               dict(spec.method_params), progress)
-    except (TypeError, ValueError) as exc:  # unknown or bad estimator parameters
+    except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
     done("sensitivity")
 
