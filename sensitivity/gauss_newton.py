@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from itertools import combinations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.layout import is_linear_like, shared_users
 from sensitivity.bundle import Batch
 from sensitivity.perturb import Perturbation
 
@@ -72,44 +74,84 @@ class OutputGraph:
     ‖Σ_t g_t x_tᵀ‖² = Σ_{t,t'} (g_t·g_t')(x_t·x_t'): a (T × T) Gram product per
     sample, and the input Gram x_t·x_t' does not depend on the probe, so it is
     formed once (convolutions unfold their input; embeddings compare token ids).
-    Samples must be independent along dim 0 of the output (eval mode)."""
+    A weight held by several modules (an embedding tied to the LM head) has one
+    gradient, the sum over its uses: its norm adds the cross terms between the uses
+    (`_cross`). Samples must be independent along dim 0 of the output (eval mode)."""
 
     def __init__(self, pert: Perturbation, batch: Batch, layers: Sequence[int]):
         self.pert, self.batch = pert, batch
-        inputs: dict[int, torch.Tensor] = {}
-        self.z: dict[int, torch.Tensor] = {}
+        model = pert.bundle.model
+        # the modules computing with layer i's weight: the layer itself, then its tied users
+        self.uses = {i: [pert.modules[i], *shared_users(model, pert.names[i]).values()]
+                     for i in layers}
+        self.inputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.z: dict[tuple[int, int], torch.Tensor] = {}
 
-        def hook(i, module, args, out):
-            inputs[i] = args[0].detach()
+        def hook(key, module, args, out):
+            self.inputs[key] = args[0].detach()
             if not out.requires_grad:
                 out = out.detach().requires_grad_(True)
-            self.z[i] = out
+            self.z[key] = out
             return out
 
-        handles = [pert.modules[i].register_forward_hook(partial(hook, i)) for i in layers]
+        handles = [m.register_forward_hook(partial(hook, (i, j)))
+                   for i in layers for j, m in enumerate(self.uses[i])]
         try:
             self.output = pert.bundle.forward(pert.bundle.model, batch)
         finally:
             for h in handles:
                 h.remove()
-        missing = [pert.names[i] for i in layers if i not in self.z]
+        missing = [pert.names[i] for i in layers if (i, 0) not in self.z]
         if missing:
             raise ValueError(f"layers not run by the model's forward: {', '.join(missing)}")
-        self.gram_x = {i: _input_gram(pert.modules[i], inputs[i]) for i in layers}
+        self.gram_x = {key: _input_gram(self.uses[key[0]][key[1]], x) for key, x in self.inputs.items()}
 
     def probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int]) -> torch.Tensor:
         """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}."""
         u = self.pert.bundle.output_loss.probes(self.output.detach(), self.batch, k, gen)
-        live = [i for i in layers if self.z[i].requires_grad]
-        grads = torch.autograd.grad(self.output, [self.z[i] for i in live], grad_outputs=u,
+        wanted = set(layers)
+        live = [key for key, z in self.z.items() if key[0] in wanted and z.requires_grad]
+        grads = torch.autograd.grad(self.output, [self.z[key] for key in live], grad_outputs=u,
                                     is_grads_batched=True, allow_unused=True, retain_graph=True)
+        by_use = {key: g for key, g in zip(live, grads) if g is not None}
         cols = {i: torch.zeros(k, dtype=torch.float64) for i in layers}
-        for i, g in zip(live, grads):
-            if g is not None:
-                gs = _positions(self.pert.modules[i], g)  # (k, B, T, out)
-                gram_g = torch.einsum("kbto,kbso->kbts", gs, gs)
-                cols[i] = (gram_g * self.gram_x[i]).sum((1, 2, 3))
+        for (i, j), g in by_use.items():
+            gs = _positions(self.uses[i][j], g)  # (k, B, T, out)
+            cols[i] += _gram_sum(gs, gs, self.gram_x[(i, j)])
+        for i in layers:
+            keys = [(i, j) for j in range(len(self.uses[i])) if (i, j) in by_use]
+            for a, b in combinations(keys, 2):
+                cols[i] += 2 * self._cross(a, b, by_use[a], by_use[b])
         return torch.stack([cols[i] for i in layers], 1)
+
+    def _cross(self, a, b, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+        """(k,) ⟨G_a, G_b⟩ summed over samples, for two uses of one weight. A use's
+        per-sample gradient is Σ_t L_t R_tᵀ: linear layers L = output gradient, R =
+        input; embeddings L = one-hot token, R = output gradient."""
+        ma, mb = self.uses[a[0]][a[1]], self.uses[b[0]][b[1]]
+        if isinstance(ma, nn.Embedding) and not isinstance(mb, nn.Embedding):
+            a, b, ga, gb, ma, mb = b, a, gb, ga, mb, ma
+        xa, xb = self.inputs[a], self.inputs[b]
+        if is_linear_like(ma) and is_linear_like(mb):  # (g_t·g'_s)(x_t·x'_s)
+            cross_x = torch.einsum("bti,bsi->bts", _rows(xa), _rows(xb))
+            return _gram_sum(_positions(ma, ga), _positions(mb, gb), cross_x)
+        if is_linear_like(ma) and isinstance(mb, nn.Embedding):  # g_s[id_t] (x_s·a_t)
+            g_lin, x_lin = _positions(ma, ga), _rows(xa)  # (k, B, S, V), (B, S, d)
+            ids = _token_ids(mb, xb)  # (B, T), -1 where the embedding has no gradient
+            a_emb = _positions(mb, gb)  # (k, B, T, d)
+            out = torch.zeros(ga.shape[0], dtype=torch.float64)
+            for p in range(ga.shape[0]):  # one probe at a time: (B, S, V) is the big one
+                picked = g_lin[p].gather(-1, ids.clamp_min(0).unsqueeze(1).expand(-1, g_lin.shape[2], -1))
+                picked = picked * (ids >= 0).unsqueeze(1)  # (B, S, T)
+                dots = torch.einsum("bsd,btd->bst", x_lin.double(), a_emb[p].double())
+                out[p] = (picked.double() * dots).sum()
+            return out
+        if isinstance(ma, nn.Embedding) and isinstance(mb, nn.Embedding):  # [id_t = id'_s](a_t·a'_s)
+            ia, ib = _token_ids(ma, xa), _token_ids(mb, xb)
+            same = ((ia.unsqueeze(2) == ib.unsqueeze(1)) & (ia >= 0).unsqueeze(2)).double()
+            return _gram_sum(_positions(ma, ga), _positions(mb, gb), same)
+        raise ValueError(f"per-sample Gauss–Newton probes do not support a weight shared by "
+                         f"{type(ma).__name__} and {type(mb).__name__}; use engine='gn_joint'")
 
 
 def per_sample_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.Generator,
@@ -122,18 +164,42 @@ def per_sample_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.
 
 
 def _positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
-    """Output gradients (k, *z.shape) as (k, B, T, out) in float64."""
+    """Output gradients (k, *z.shape) as (k, B, T, out), in their dtype."""
     k, b = g.shape[0], g.shape[1]
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return g.reshape(k, b, g.shape[2], -1).transpose(2, 3).double()
-    return g.reshape(k, b, -1, g.shape[-1]).double()
+        return g.reshape(k, b, g.shape[2], -1).transpose(2, 3)
+    return g.reshape(k, b, -1, g.shape[-1])
+
+
+def _gram_sum(ga: torch.Tensor, gb: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """(k,) float64: Σ_{b,t,s} (ga_t·gb_s) · fixed[b,t,s], one probe at a time so a wide
+    output (the LM head's vocabulary) is never held in float64 for every probe at once."""
+    out = torch.zeros(ga.shape[0], dtype=torch.float64)
+    for p in range(ga.shape[0]):
+        a = ga[p].double()
+        b = a if gb is ga else gb[p].double()
+        out[p] = (torch.einsum("bto,bso->bts", a, b) * fixed).sum()
+    return out
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A linear layer's input as (B, T, in) float64."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]).double()
+
+
+def _token_ids(module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) token ids of an embedding's input, -1 at its padding index (no gradient)."""
+    ids = ids.reshape(ids.shape[0], -1)
+    if module.padding_idx is not None:
+        ids = torch.where(ids == module.padding_idx, torch.full_like(ids, -1), ids)
+    return ids
 
 
 def _input_gram(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, T, T) float64: x_t·x_t' per sample, in the positions of `_positions`."""
     b = x.shape[0]
-    if isinstance(module, nn.Linear):
-        xs = x.reshape(b, -1, x.shape[-1]).double()
+    if is_linear_like(module):
+        xs = _rows(x)
     elif isinstance(module, nn.Embedding):
         ids = x.reshape(b, -1)
         same = ids.unsqueeze(2) == ids.unsqueeze(1)

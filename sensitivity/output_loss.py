@@ -109,3 +109,110 @@ class SquaredErrorOutput:
     def relevance(self, output: torch.Tensor, batch) -> torch.Tensor:
         """Dot product of the output with the full-precision output."""
         return (output * batch[self.target_key].to(output.dtype)).sum()
+
+
+# --- next-token losses of causal language models ------------------------------------
+#
+# Logits are (B, T, V); `batch["attention_mask"]` (B, T) marks the real tokens. The
+# loss is the mean over the positions that count (N of them in the batch), so the
+# output Hessian of each such position is (diag(p) − p pᵀ)/N; padded positions
+# have none. Probes are drawn one at a time in float64 and kept in the logits' dtype:
+# k probes of a vocabulary-wide output are the biggest tensors a Gauss–Newton probe
+# builds.
+
+
+def _token_probes(logits: torch.Tensor, weight: torch.Tensor, k: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """k probes u with E[u uᵀ] = weight_t · (diag(p_t) − p_t p_tᵀ) at every position t."""
+    p = F.softmax(logits.detach().double(), -1)
+    sp = p.sqrt()
+    scale = weight.double().sqrt().unsqueeze(-1)
+    out = torch.empty((k, *logits.shape), dtype=logits.dtype)
+    for j in range(k):
+        r = _rademacher(tuple(logits.shape), p, gen)
+        u = sp * r - p * (sp * r).sum(-1, keepdim=True)
+        out[j] = (u * scale).to(logits.dtype)
+    return out
+
+
+def _token_quadratic(logits: torch.Tensor, weight: torch.Tensor, jv: torch.Tensor) -> torch.Tensor:
+    """Σ_t weight_t · (jv_t)ᵀ (diag(p_t) − p_t p_tᵀ) (jv_t), per probe (leading dim of jv)."""
+    p = F.softmax(logits.detach().double(), -1)
+    out = torch.zeros(jv.shape[0], dtype=torch.float64)
+    for j in range(jv.shape[0]):
+        v = jv[j].double()
+        per = (p * v.pow(2)).sum(-1) - (p * v).sum(-1).pow(2)
+        out[j] = (per * weight.double()).sum()
+    return out
+
+
+def _position_weights(mask: torch.Tensor) -> torch.Tensor:
+    """1/N at each of the N positions that count, 0 elsewhere."""
+    mask = mask.to(torch.float64)
+    return mask / mask.sum().clamp_min(1.0)
+
+
+def next_token_positions(batch) -> torch.Tensor:
+    """(B, T) 0/1: positions t whose next token t+1 is a real token with a label
+    (`labels` at t+1 not −100, the Hugging Face convention), the last position none."""
+    mask = batch["attention_mask"]
+    valid = torch.zeros_like(mask)
+    valid[:, :-1] = mask[:, :-1] * mask[:, 1:] * (batch["labels"][:, 1:] != -100).to(mask.dtype)
+    return valid
+
+
+@dataclass(frozen=True)
+class TokenDistillationKLOutput:
+    """Per-token self-distillation: mean over real tokens of KL(p_fp ‖ p) against the
+    full-precision logits `batch[target_key]` (B, T, V). Zero residual at the
+    full-precision point, where H_out per token is (diag(p) − p pᵀ)/N."""
+
+    target_key: str = "target"
+    zero_residual: bool = True
+
+    def __call__(self, output: torch.Tensor, batch) -> torch.Tensor:
+        kl = F.kl_div(F.log_softmax(output, -1), F.log_softmax(batch[self.target_key].to(output.dtype), -1),
+                      log_target=True, reduction="none").sum(-1)
+        mask = batch["attention_mask"].to(output.dtype)
+        return (kl * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def probes(self, output: torch.Tensor, batch, k: int, gen: torch.Generator) -> torch.Tensor:
+        return _token_probes(output, _position_weights(batch["attention_mask"]), k, gen)
+
+    def quadratic(self, output: torch.Tensor, batch, jv: torch.Tensor) -> torch.Tensor:
+        return _token_quadratic(output, _position_weights(batch["attention_mask"]), jv)
+
+    def relevance(self, output: torch.Tensor, batch) -> torch.Tensor:
+        """The logit of the full-precision model's top token, summed over real tokens."""
+        top = batch[self.target_key].argmax(-1, keepdim=True)
+        return (output.gather(-1, top).squeeze(-1) * batch["attention_mask"].to(output.dtype)).sum()
+
+
+@dataclass(frozen=True)
+class NextTokenCrossEntropyOutput:
+    """The language-modelling task loss: mean cross-entropy of the logits at t against
+    the token at t+1 (`batch["labels"]`, aligned with the inputs, −100 ignored), over
+    the positions `next_token_positions` keeps. H_out per position (diag(p) − p pᵀ)/N:
+    its Gauss–Newton matrix is the Fisher approximation (not zero-residual)."""
+
+    zero_residual: bool = False
+
+    def __call__(self, output: torch.Tensor, batch) -> torch.Tensor:
+        valid = next_token_positions(batch)
+        target = batch["labels"][:, 1:].clamp_min(0)
+        nll = F.cross_entropy(output[:, :-1].transpose(1, 2), target, reduction="none")
+        weight = valid[:, :-1].to(output.dtype)
+        return (nll * weight).sum() / weight.sum().clamp_min(1.0)
+
+    def probes(self, output: torch.Tensor, batch, k: int, gen: torch.Generator) -> torch.Tensor:
+        return _token_probes(output, _position_weights(next_token_positions(batch)), k, gen)
+
+    def quadratic(self, output: torch.Tensor, batch, jv: torch.Tensor) -> torch.Tensor:
+        return _token_quadratic(output, _position_weights(next_token_positions(batch)), jv)
+
+    def relevance(self, output: torch.Tensor, batch) -> torch.Tensor:
+        """The logit of the true next token, summed over the positions that have one."""
+        target = torch.zeros_like(batch["labels"])
+        target[:, :-1] = batch["labels"][:, 1:].clamp_min(0)
+        picked = output.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        return (picked * next_token_positions(batch).to(output.dtype)).sum()

@@ -9,8 +9,10 @@ hundred rows instead of the whole vocabulary — the trace, eigenvalue and every
 quadratic form are unchanged because the Hessian is zero elsewhere.
 Linear and convolution weights are replaced by W + δ through
 `torch.func.functional_call`; embeddings add F.embedding(ids, δ_rows) through a
-forward hook. Model parameters are frozen while a computation runs, so autograd
-builds only what the δ need.
+forward hook. An embedding whose weight another module also holds (tied to the LM
+head) is perturbed whole, like a linear weight: `functional_call` ties the
+replacement, so the head sees the same W + δ. Model parameters are frozen while a
+computation runs, so autograd builds only what the δ need.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.layout import shared_users
 from sensitivity.bundle import Batch, ModelBundle
 
 
@@ -51,7 +54,8 @@ class Perturbation:
         self.modules = [modules[n] for n in self.names]
         self.rows: dict[int, torch.Tensor] = {}  # layer index -> embedding rows perturbed
         self.remap: dict[int, torch.Tensor] = {}
-        emb = [i for i, m in enumerate(self.modules) if isinstance(m, nn.Embedding)]
+        emb = [i for i, m in enumerate(self.modules) if isinstance(m, nn.Embedding)
+               and not shared_users(bundle.model, self.names[i])]
         if emb:
             self._find_rows(emb)
 
