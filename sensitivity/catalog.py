@@ -48,6 +48,13 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
             Metric("worst_cosine_to_fp", True, "lowest cosine similarity (%) to full precision"),
             Metric("paraphrase_recall_at_1", True, "share (%) of sentences whose nearest "
                                                    "sentence is their paraphrase"))),
+    Family("causal-lm", "sensitivity.models.causal_lm",
+           "decoder-only language models (Hugging Face causal-LM folders, GGUF files)",
+           (Metric("perplexity", False, "perplexity of the next token on held-out text"),
+            Metric("kl_to_fp", False, "mean KL divergence (nats per token) from the "
+                                      "full-precision next-token distributions"),
+            Metric("top1_agreement", True, "share (%) of tokens whose most likely next token "
+                                           "is the full-precision model's"))),
 )}
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
@@ -57,6 +64,9 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {m.name: m for m in (
                  "small vision transformer on scikit-learn digits"),
     BuiltinModel("minilm", "text-encoder", "sensitivity.models.minilm",
                  "pretrained all-MiniLM-L6-v2 sentence encoder"),
+    BuiltinModel("smollm2-135m", "causal-lm", "sensitivity.models.smollm2",
+                 "SmolLM2-135M-Instruct causal language model (Llama, 30 blocks; its Q4_1 GGUF "
+                 "dequantized)"),
 )}
 
 

@@ -16,12 +16,15 @@ from sensitivity.data.formats import DATA_FORMATS, MODEL_KINDS, TEXT_FORMATS
 @dataclass(frozen=True)
 class ModelSource:
     """An uploaded model: a Hugging Face folder (`kind="hf"`, `path` = the folder
-    holding config.json) or a built-in architecture's weights (`kind="state_dict"`,
-    `path` = the .safetensors file)."""
+    holding config.json), a built-in architecture's weights (`kind="state_dict"`,
+    `path` = the .safetensors file) or a GGUF causal language model (`kind="gguf"`,
+    `path` = the .gguf file)."""
 
     name: str
     kind: str
-    architecture: str  # model_type for "hf", the built-in model name for "state_dict"
+    # model_type for "hf", the built-in model name for "state_dict", the GGUF's
+    # general.architecture for "gguf"
+    architecture: str
     path: Path
 
     def __post_init__(self):

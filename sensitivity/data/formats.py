@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-# an uploaded model: a Hugging Face folder, or a built-in architecture's state dict
-ModelKind = Literal["hf", "state_dict"]
+# an uploaded model: a Hugging Face folder, a built-in architecture's state dict, or a
+# GGUF file (a causal language model, dequantized when loaded)
+ModelKind = Literal["hf", "state_dict", "gguf"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 
 # calibration files: their format by file suffix
 DATA_SUFFIXES = {".safetensors": "safetensors", ".txt": "text", ".jsonl": "jsonl", ".ndjson": "jsonl"}

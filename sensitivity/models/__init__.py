@@ -1,7 +1,8 @@
 """Model loading: picks the family that owns a job's model and asks it for the
 bundle. Built-in models and built-in architectures with uploaded weights go to the
 family the catalog names; a Hugging Face folder goes to the first family (in
-`FOLDER_FAMILIES` order) whose `claims(config)` accepts its config.json."""
+`FOLDER_FAMILIES` order) whose `claims(config)` accepts its config.json; a model
+file of a kind only one family reads (a GGUF file) goes to that family."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from sensitivity.sources import DataSource, ModelSource
 
 __all__ = ["FOLDER_FAMILIES", "load_bundle", "load_model", "model_names"]
 
-FOLDER_FAMILIES = ("text-encoder",)  # most specific first
+FOLDER_FAMILIES = ("causal-lm", "text-encoder")  # most specific first
+FILE_FAMILIES = {"gguf": "causal-lm"}  # uploaded model files of a kind one family reads
 
 
 def family_module(family: str) -> ModuleType:
@@ -39,6 +41,8 @@ def load_bundle(name: str, model: ModelSource | None = None,
                              f"{', '.join(BUILTIN_MODELS)}")
         entry = builtin(architecture)
         return family_module(entry.family).load(ModelRequest(name, entry, model, data))
+    if model.kind in FILE_FAMILIES:
+        return family_module(FILE_FAMILIES[model.kind]).load(ModelRequest(name, None, model, data))
     config = read_config(name, model)
     for family in FOLDER_FAMILIES:
         module = family_module(family)

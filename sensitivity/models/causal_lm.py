@@ -1,0 +1,267 @@
+"""The `causal-lm` family: decoder-only language models (Llama, Qwen, Mistral, GPT-2,
+…) — the built-in `smollm2-135m`, its architecture with uploaded weights, uploaded
+Hugging Face folders whose config.json names a `*ForCausalLM` / `*LMHeadModel`
+architecture, and uploaded GGUF files (dequantized to fp32).
+
+Calibration: token sequences — the uploaded texts (one sequence per text, at most
+`SEQUENCE_LENGTH` tokens; even rows calibrate, odd rows evaluate) or token ids, or
+else windows of `SEQUENCE_LENGTH` tokens from the calibration half of the built-in
+prose (`sensitivity.data.prose`). Loss: self-distillation KL to the full-precision
+next-token distributions at every real token (zero residual: `fisher` measures the
+exact Gauss–Newton trace, which is then the Hessian's). An uploaded safetensors
+dataset with `labels` of the shape of `inputs` (the Hugging Face convention: the
+input ids themselves, −100 where no loss is wanted) selects next-token
+cross-entropy instead. Quality on held-out text: perplexity (headline), mean KL to
+the full-precision distributions and top-1 agreement with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sensitivity.bundle import Batch, ModelBundle
+from sensitivity.catalog import FAMILIES
+from sensitivity.data.prose import load_prose
+from sensitivity.data.uploaded import read_tensors, split_rows
+from sensitivity.models import smollm2
+from sensitivity.models.family import ModelRequest
+from sensitivity.models.lm_loading import load_gguf, load_hf_causal_lm
+from sensitivity.models.text_data import (
+    MAX_TEXT_CALIBRATION,
+    MAX_TEXT_EVALUATION,
+    check_loading,
+    chunks,
+    folder_tokenizer,
+    token_ids,
+    uploaded_text_batches,
+)
+from sensitivity.models.weights import load_strict, read_state_dict
+from sensitivity.output_loss import NextTokenCrossEntropyOutput, TokenDistillationKLOutput
+
+FAMILY = FAMILIES["causal-lm"]
+SEQUENCE_LENGTH = 128
+CALIBRATION_SEQUENCES = 8  # 1,024 calibration tokens from the built-in prose
+CALIBRATION_BATCH = 1  # one sequence per batch: Gauss–Newton probes hold (probes, tokens, vocabulary)
+EVALUATION_SEQUENCES = 16  # 2,048 held-out tokens
+EVALUATION_BATCH = 2
+MODEL_INPUTS = ("input_ids", "attention_mask")
+ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+DISTILLATION = "self-distillation KL to the full-precision next-token distributions"
+TASK_LOSS = "next-token cross-entropy on the dataset's labels"
+
+
+def claims(config: dict) -> bool:
+    """A folder whose config.json names a causal-LM architecture."""
+    return any(isinstance(a, str) and a.endswith(ARCHITECTURE_SUFFIXES)
+               for a in config.get("architectures") or ())
+
+
+def load(request: ModelRequest) -> ModelBundle:
+    name, source = request.name, request.source
+    label = f"model {name!r}"
+    facts: dict[str, float | str] = {"source": request.source_note()}
+    if source is not None and source.kind == "gguf":
+        model, tokenizer, loaded = load_gguf(source.path, label)
+        facts.update(loaded, source="uploaded GGUF file, dequantized to fp32")
+        description = f"uploaded GGUF {type(model).__name__} (dequantized to fp32)"
+        salt = loaded["gguf_sha256"]
+    elif request.builtin is None:
+        model, tokenizer = _folder(request)
+        description = f"uploaded Hugging Face {source.architecture} model ({type(model).__name__})"
+        salt = hashlib.sha256((source.path / "config.json").read_bytes()).hexdigest()
+    else:
+        model, tokenizer, loaded = load_gguf(smollm2.gguf_path(), label)
+        facts["gguf_conversion"] = loaded["gguf_conversion"]
+        facts["reference_weights"] = smollm2.REFERENCE
+        description = "SmolLM2-135M-Instruct (Llama, 30 blocks), dequantized Q4_1 GGUF"
+        salt = ""
+        if source is not None:
+            label = f"model {name!r} ({request.builtin.name})"
+            load_strict(model, read_state_dict(source.path, label), label)
+            facts.pop("reference_weights")
+            description = "smollm2-135m architecture (Llama, 30 blocks) with uploaded weights"
+    calibration, evaluation, data_facts = _data(request, model, tokenizer)
+    facts.update(data_facts)
+    salt = hashlib.sha256(f"{salt}|{FAMILY.name}|seq={SEQUENCE_LENGTH}|v1".encode()).hexdigest() \
+        if salt else ""
+    return causal_lm_bundle(name, model, calibration, evaluation, description=description,
+                            info=facts, cache_salt=salt)
+
+
+def _folder(request: ModelRequest):
+    name, folder = request.name, request.source.path
+    try:
+        model, loading = load_hf_causal_lm(folder)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"model {name!r}: transformers could not build the uploaded "
+                         f"{request.source.architecture} causal language model: {exc}") from None
+    check_loading(name, loading)
+    tokenizer = None
+    if request.data is None or request.data.is_text:
+        from sensitivity.models.hf import load_hf_tokenizer
+
+        tokenizer = folder_tokenizer(name, folder, load_hf_tokenizer)
+    return model, tokenizer
+
+
+def _max_tokens(model: nn.Module) -> int:
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None)
+    return min(SEQUENCE_LENGTH, int(positions or SEQUENCE_LENGTH))
+
+
+def _data(request: ModelRequest, model: nn.Module, tokenizer):
+    """(calibration batches, evaluation batches, facts about them)."""
+    data = request.data
+    length = _max_tokens(model)
+    if data is None:
+        return corpus_batches(tokenizer, length)
+    if data.is_text:
+        calibration, evaluation, note = uploaded_text_batches(
+            data, tokenizer, model, MODEL_INPUTS, length, CALIBRATION_BATCH, EVALUATION_BATCH)
+        loss = DISTILLATION
+        eval_note = f"held-out half of dataset {data.name!r} (odd rows, at most {MAX_TEXT_EVALUATION})"
+    else:
+        calibration, evaluation, note, loss = token_batches(data, model)
+        eval_note = f"held-out half of dataset {data.name!r} (odd rows, at most {MAX_TEXT_EVALUATION})"
+    return calibration, evaluation, {
+        "calibration": f"{note}, {loss}", "evaluation": eval_note, "loss": loss,
+        "sequence_length": max(int(b["input_ids"].shape[1]) for b in calibration + evaluation)}
+
+
+def token_batches(data, model: nn.Module):
+    """Batches of an uploaded token dataset; with `labels` shaped like `inputs` they
+    carry them (next-token cross-entropy)."""
+    tensors = read_tensors(data)
+    ids, mask = token_ids(tensors, data.name, model)
+    labels = tensors.get("labels")
+    if labels is not None and (labels.shape != ids.shape or labels.is_floating_point()):
+        raise ValueError(f"dataset {data.name!r}: a causal language model takes `labels` as token "
+                         f"ids shaped like `inputs` {list(ids.shape)} (−100: no loss), got "
+                         f"{labels.dtype} of shape {list(labels.shape)}")
+    calib_rows, eval_rows = split_rows(ids.shape[0], MAX_TEXT_CALIBRATION, MAX_TEXT_EVALUATION)
+
+    def batches(rows, size):
+        batch = {"input_ids": ids[rows].long(), "attention_mask": mask[rows].long()}
+        if labels is not None:
+            batch["labels"] = labels[rows].long()
+        return chunks(batch, size)
+
+    note = f"uploaded dataset {data.name!r}: {len(calib_rows)} token sequences (even rows)"
+    return (batches(calib_rows, CALIBRATION_BATCH), batches(eval_rows, EVALUATION_BATCH), note,
+            TASK_LOSS if labels is not None else DISTILLATION)
+
+
+def windows(tokenizer, text: str, length: int, count: int) -> torch.Tensor:
+    """The first `count` non-overlapping windows of `length` tokens of `text`."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    n = min(count, ids.numel() // length)
+    if n == 0:
+        raise ValueError(f"the text has {ids.numel()} tokens, fewer than one window of {length}")
+    return ids[:n * length].reshape(n, length)
+
+
+def corpus_batches(tokenizer, length: int):
+    prose = load_prose()
+    calib = windows(tokenizer, prose.calibration, length, CALIBRATION_SEQUENCES)
+    held = windows(tokenizer, prose.evaluation, length, EVALUATION_SEQUENCES)
+
+    def batches(ids, size):
+        return chunks({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, size)
+
+    return batches(calib, CALIBRATION_BATCH), batches(held, EVALUATION_BATCH), {
+        "calibration": f"built-in prose, {prose.title}, chapters I-VI: {calib.shape[0]} sequences "
+                       f"of {length} tokens, {DISTILLATION}",
+        "evaluation": f"built-in prose, chapters VII-XII (no overlap with calibration): "
+                      f"{held.shape[0]} sequences of {length} tokens",
+        "loss": DISTILLATION, "sequence_length": length}
+
+
+def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Next-token logits (B, T, V)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.logits
+
+
+def _predicted(batch: Batch) -> torch.Tensor:
+    """(B, T-1) 0/1: positions t whose next token is a real token."""
+    mask = batch["attention_mask"]
+    return mask[:, :-1] * mask[:, 1:]
+
+
+def next_token_nll(logp: torch.Tensor, batch: Batch) -> tuple[float, int]:
+    """(Σ −log p(next token), number of predicted tokens) over the real positions, from
+    next-token log-probabilities (B, T, V)."""
+    nll = -logp[:, :-1].gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    keep = _predicted(batch).double()
+    return float((nll.double() * keep).sum()), int(keep.sum())
+
+
+def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
+                     evaluation: Sequence[Batch], *, description: str, info: dict | None = None,
+                     cache_salt: str = "") -> ModelBundle:
+    """Calibration batches with `labels` use next-token cross-entropy; otherwise they
+    get the full-precision logits as `target` (self-distillation KL)."""
+    model.eval()
+    labelled = all("labels" in b for b in calibration)
+    try:
+        with torch.no_grad():
+            if not labelled:
+                calibration = [{**b, "target": forward(model, b)} for b in calibration]
+            # the reference: next-token log-probabilities kept in fp16 for the KL (the
+            # full-precision model's own KL to them is ~1e-6) and the exact top-1 tokens
+            reference = []
+            for b in evaluation:
+                logits = forward(model, b).float()
+                reference.append((F.log_softmax(logits, -1).half(), logits.argmax(-1)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the user's model
+        raise ValueError(f"model {name!r} fails on its calibration data: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        nll = kl = agree = 0.0
+        predicted = real = 0
+        with torch.no_grad():
+            for b, (ref, ref_top) in zip(evaluation, reference):
+                logp = F.log_softmax(forward(m, b).float(), -1)
+                s, n = next_token_nll(logp, b)
+                nll, predicted = nll + s, predicted + n
+                mask = b["attention_mask"].bool()
+                ref_logp = ref.float()
+                per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+                kl += float(per[mask].double().sum())
+                agree += float((logp.argmax(-1) == ref_top)[mask].sum())
+                real += int(mask.sum())
+        return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
+                "top1_agreement": 100 * agree / max(real, 1)}
+
+    output_loss = NextTokenCrossEntropyOutput() if labelled else TokenDistillationKLOutput()
+    facts = {"calibration_sequences": sum(int(b["input_ids"].shape[0]) for b in calibration),
+             "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in calibration),
+             "evaluation_sequences": sum(int(b["input_ids"].shape[0]) for b in evaluation),
+             "evaluation_tokens": sum(int(b["attention_mask"].sum()) for b in evaluation),
+             "evaluation_predicted_tokens": sum(int(_predicted(b).sum()) for b in evaluation),
+             "model_class": type(model).__name__,
+             "blocks": int(getattr(model.config, "num_hidden_layers", 0)
+                           or getattr(model.config, "n_layer", 0)),
+             "parameters": sum(p.numel() for p in model.parameters()),
+             "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False))}
+    return ModelBundle(
+        name=name,
+        model=model,
+        calibration=calibration,
+        forward=forward,
+        loss=lambda m, b: output_loss(forward(m, b), b),
+        output_loss=output_loss,
+        evaluate=evaluate,
+        metrics=FAMILY.metrics,
+        description=description,
+        info={**facts, **(info or {})},
+        cache_salt=cache_salt,
+    )

@@ -1,0 +1,92 @@
+"""Tiny random causal language models built in the test (no downloads): GPT-2
+(transformers' Conv1D projections, tied embeddings), Llama (grouped-query
+attention, SwiGLU, RMSNorm, rotary positions) and Qwen2 (biased q/k/v, its own
+LM head), saved as Hugging Face folders with a small byte-level BPE tokenizer
+trained on the repo's prose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sensitivity.models import causal_lm
+from sensitivity.models.hf import load_hf_tokenizer  # noqa: F401  (USE_HUB_KERNELS before transformers)
+
+VOCAB = 300
+
+
+def gpt2(seed: int = 0, layers: int = 2):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=layers, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
+                        eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def llama(seed: int = 0, tied: bool = True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied)
+    return LlamaForCausalLM(config).eval()
+
+
+def qwen2(seed: int = 0, tied: bool = False):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tied)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def tokenizer():
+    """A byte-level BPE tokenizer of `VOCAB` tokens trained on the built-in prose."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from sensitivity.data.prose import load_prose
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([load_prose().calibration], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
+
+
+def save_folder(model, folder: Path, with_tokenizer: bool = True) -> Path:
+    model.save_pretrained(folder, safe_serialization=True)
+    if with_tokenizer:
+        tokenizer().save_pretrained(folder)
+    return folder
+
+
+def token_batches(n: int, length: int, batch: int, seed: int = 0, pad_last: int = 0):
+    """Random token batches; the last `pad_last` positions of every other row padded."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (n, length), generator=gen)
+    mask = torch.ones_like(ids)
+    if pad_last:
+        mask[1::2, -pad_last:] = 0
+    return [{"input_ids": ids[i:i + batch], "attention_mask": mask[i:i + batch]}
+            for i in range(0, n, batch)]
+
+
+def bundle(model, name: str = "tiny-lm", calibration=None, evaluation=None):
+    calibration = calibration or token_batches(4, 12, 2, seed=1, pad_last=3)
+    evaluation = evaluation or token_batches(4, 12, 2, seed=2, pad_last=2)
+    return causal_lm.causal_lm_bundle(name, model, calibration, evaluation, description=name)
+
+
+def config_json(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())

@@ -1,0 +1,67 @@
+"""Curvature on causal LMs: the per-token output losses' H_out, and the per-sample
+Gauss–Newton probe norms of Conv1D layers and of a tied embedding (whose gradient
+sums the lookup and the LM head) against per-sample gradients by autograd."""
+
+from __future__ import annotations
+
+import llm_models
+import pytest
+import torch
+
+from sensitivity.gauss_newton import OutputGraph
+from sensitivity.layers import discover_layers
+from sensitivity.output_loss import NextTokenCrossEntropyOutput, TokenDistillationKLOutput
+from sensitivity.perturb import Perturbation, frozen
+
+
+@pytest.mark.parametrize("build", [llm_models.gpt2, llm_models.llama])
+def test_per_sample_probe_norms_match_autograd(build):
+    model = build()
+    bundle = llm_models.bundle(model)
+    names = [layer.name for layer in discover_layers(bundle)]
+    idx = list(range(len(names)))
+    batch = bundle.calibration[0]
+    pert = Perturbation(bundle, names)
+    with frozen(model):
+        graph = OutputGraph(pert, batch, idx)
+        norms = graph.probe_norms(3, torch.Generator().manual_seed(5), idx)
+    u = bundle.output_loss.probes(graph.output.detach(), batch, 3, torch.Generator().manual_seed(5))
+    modules = dict(model.named_modules())
+    weights = [modules[n].weight for n in names]
+    out = bundle.forward(model, batch)
+    want = torch.zeros(3, len(names), dtype=torch.float64)
+    for p in range(3):
+        for s in range(out.shape[0]):
+            grads = torch.autograd.grad((out[s] * u[p, s]).sum(), weights, retain_graph=True,
+                                        allow_unused=True)
+            for c, g in enumerate(grads):
+                if g is not None:
+                    want[p, c] += g.double().pow(2).sum()
+    # GPT-2's position embedding looks up (1, T) positions broadcast over the batch: its
+    # probe norm keeps the cross-sample terms (still unbiased), so it is left out here
+    keep = [c for c, n in enumerate(names) if not n.endswith("wpe")]
+    torch.testing.assert_close(norms[:, keep], want[:, keep], rtol=1e-4, atol=1e-12)
+    tied = names.index(next(n for n in names if "wte" in n or "embed_tokens" in n))
+    assert pert.shape(tied) == tuple(weights[tied].shape)  # a tied embedding is perturbed whole
+
+
+@pytest.mark.parametrize("loss", [TokenDistillationKLOutput(), NextTokenCrossEntropyOutput()])
+def test_token_losses_know_their_output_hessian(loss):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    ids = torch.randint(0, 7, (2, 5))
+    batch = {"attention_mask": mask, "labels": ids, "target": logits + 0.3 * torch.randn_like(logits)}
+    # H_out by double autograd, as a dense (70 × 70) matrix
+    flat = logits.reshape(-1).clone().requires_grad_(True)
+    hess = torch.autograd.functional.hessian(lambda z: loss(z.reshape(2, 5, 7), batch), flat)
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(4, 2, 5, 7, dtype=torch.float64)
+    quad = loss.quadratic(logits, batch, v)  # (diag(p) − p pᵀ)/N whatever the KL's target
+    want = torch.einsum("ki,ij,kj->k", v.reshape(4, -1), hess, v.reshape(4, -1))
+    torch.testing.assert_close(quad, want)
+    probes = loss.probes(logits, batch, 4000, gen).reshape(4000, -1)
+    sample = probes.T @ probes / 4000
+    assert (sample - hess).abs().max() < 0.05 * hess.abs().max()
+    padded = hess.reshape(2, 5, 7, 2, 5, 7)[1, 3:]  # padded positions have no curvature
+    assert padded.abs().max() == 0
