@@ -101,6 +101,34 @@ def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
     return float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2)
 
 
+# --- the grid, for the algorithms that choose the codes themselves ----------------
+# (kernels.gptq, kernels.adaquant): the same scale, zero point and rounding rules as
+# `quantize`, so every algorithm's result is a QuantizedWeight on the same grid.
+
+
+def group_view(w: torch.Tensor, g: int) -> torch.Tensor:
+    """(rows, K) -> (rows, groups, g); a partial last group repeats its last value."""
+    return _pad_to_groups(w, g)
+
+
+def group_params(groups: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (fp16-representable float32) and zero point of each group of a
+    (rows, groups, g) tensor: its range, or the MSE-best clipped range."""
+    return _search_params(groups, config)
+
+
+def grid_codes(groups: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               config: QuantConfig) -> torch.Tensor:
+    """Round-to-nearest codes (float, clamped to the grid) of (rows, groups, g) values
+    under per-group (rows, groups) scales and zero points."""
+    return _codes(groups, scale, zero, config)
+
+
+def grid_values(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(code − zero) · scale for (rows, groups, g) codes."""
+    return _dequant(codes, scale, zero)
+
+
 
 
 

@@ -16,7 +16,16 @@ WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
 FULL_PRECISION_BITS = 16  # "left in 16-bit"
 ACTIVATION_BITS = 16  # activations stay in 16-bit until activation quantization is asked for
 SCALE_BITS = 16  # fp16 scales
-ALGORITHMS = ("rtn",)  # the algorithm that picks the integers (round-to-nearest)
+# the algorithm that picks the integers: round-to-nearest, GPTQ (column updates with the
+# inverse Hessian of the layer inputs), AdaQuant-style layer-wise calibration
+ALGORITHMS = ("rtn", "gptq", "adaquant")
+# the scheme fields each algorithm reads (besides the grid: group_size, symmetric, mse_clip);
+# only these enter `as_dict`, so an rtn scheme keeps the cache key it always had
+ALGORITHM_FIELDS = {
+    "rtn": (),
+    "gptq": ("damping", "act_order", "block_size"),
+    "adaquant": ("damping", "act_order", "block_size", "adaquant_steps", "adaquant_lr"),
+}
 
 Choice = tuple[int, int]
 """(w_bits, a_bits) of one layer."""
@@ -75,12 +84,26 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """The job-wide quantizer settings; `config(bits)` is a layer's config at a width."""
+    """The job-wide quantizer settings; `config(bits)` is a layer's config at a width.
+
+    `algorithm` picks the integers on the grid the other three fields define (the grid,
+    and so the stored bytes, is the same for every algorithm). GPTQ and AdaQuant read
+    the calibration inputs' Hessian H = 2XᵀX/n, damped by `damping` · mean(diag H);
+    `act_order` processes columns by decreasing diag(H) (groups stay contiguous along K,
+    see `kernels.gptq`); `block_size` is GPTQ's lazy-update block. AdaQuant starts from
+    GPTQ's result and runs `adaquant_steps` Adam steps of learning rate `adaquant_lr`
+    (in grid steps) on the layer's output error (`kernels.adaquant`).
+    """
 
     group_size: int = 128
     symmetric: bool = False
     mse_clip: bool = False
     algorithm: str = "rtn"
+    damping: float = 0.01
+    act_order: bool = False
+    block_size: int = 128
+    adaquant_steps: int = 100
+    adaquant_lr: float = 0.01
 
     def __post_init__(self):
         if self.group_size < 1:
@@ -88,6 +111,19 @@ class QuantScheme:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"quantizer algorithm must be one of {ALGORITHMS}, "
                              f"got {self.algorithm!r}")
+        if not 0 <= self.damping <= 1:
+            raise ValueError(f"damping must be in [0, 1], got {self.damping}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.adaquant_steps < 0:
+            raise ValueError(f"adaquant_steps must be >= 0, got {self.adaquant_steps}")
+        if not self.adaquant_lr > 0:
+            raise ValueError(f"adaquant_lr must be positive, got {self.adaquant_lr}")
+
+    @property
+    def calibrated(self) -> bool:
+        """True when the algorithm needs the layers' calibration inputs (not RTN)."""
+        return self.algorithm != "rtn"
 
     def config(self, bits: int) -> QuantConfig:
         return QuantConfig(bits, self.group_size, self.symmetric, self.mse_clip)
@@ -96,7 +132,11 @@ class QuantScheme:
         return self.config(choice[0])
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The grid, the algorithm and the parameters that algorithm reads (what the
+        sensitivity cache key and the artifact record)."""
+        fields = asdict(self)
+        keep = ("group_size", "symmetric", "mse_clip", "algorithm", *ALGORITHM_FIELDS[self.algorithm])
+        return {k: fields[k] for k in keep}
 
 
 # --- stored bits of one weight ---------------------------------------------------
