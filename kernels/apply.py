@@ -25,6 +25,7 @@ from torch import nn
 from kernels.fake_quant import fake_quantize_weight
 from kernels.layout import is_transposed_linear, shared_users
 from kernels.modules import QuantConv, QuantConv1DT, QuantEmbedding, QuantLinear
+from kernels.quantizer import QuantizedWeight
 from kernels.scheme import QuantConfig
 
 LAYER_KINDS: dict[type, str] = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d",
@@ -44,16 +45,18 @@ def layer_kind(module: nn.Module) -> str:
     return kind
 
 
-def pack_module(module: nn.Module, config: QuantConfig) -> nn.Module:
-    """The packed module of a float layer (weights quantized and packed)."""
+def pack_module(module: nn.Module, config: QuantConfig,
+                quantized: QuantizedWeight | None = None) -> nn.Module:
+    """The packed module of a float layer: its weight rounded to nearest and packed, or
+    `quantized` (codes GPTQ / AdaQuant chose for it) packed as they are."""
     kind = layer_kind(module)
     if kind == "linear":
-        return QuantLinear.from_linear(module, config)
+        return QuantLinear.from_linear(module, config, quantized)
     if kind == HF_CONV1D:
-        return QuantConv1DT.from_conv1d(module, config)
+        return QuantConv1DT.from_conv1d(module, config, quantized)
     if kind == "embedding":
-        return QuantEmbedding.from_embedding(module, config)
-    return QuantConv.from_conv(module, config)
+        return QuantEmbedding.from_embedding(module, config, quantized)
+    return QuantConv.from_conv(module, config, quantized)
 
 
 def empty_packed_module(module: nn.Module, config: QuantConfig) -> nn.Module:
@@ -78,8 +81,11 @@ def sharing_module(user: nn.Module, owner: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn.Module:
-    """A copy of `model` with each layer named in `configs` packed at its config's width.
+def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig],
+                     quantized: Mapping[str, QuantizedWeight] | None = None) -> nn.Module:
+    """A copy of `model` with each layer named in `configs` packed at its config's width:
+    the codes in `quantized` where it has the layer (the job's quantizer chose them),
+    otherwise rounded to nearest.
 
     Layers already packed with the same config are kept (applying twice is harmless);
     raises ValueError for unknown names, non-quantizable modules, a packed layer
@@ -111,7 +117,7 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig]) -> nn
         if isinstance(module, PACKED_TYPES):
             continue
         if config.quantized:
-            owner = pack_module(module, config)
+            owner = pack_module(module, config, (quantized or {}).get(name))
             packed.set_submodule(name, owner)
             for user in users[name]:
                 packed.set_submodule(user, sharing_module(packed.get_submodule(user), owner))

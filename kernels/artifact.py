@@ -37,7 +37,7 @@ from kernels.apply import (
     sharing_module,
 )
 from kernels.layout import logical_shape, shared_users
-from kernels.quantizer import sixteen_bit_dtype
+from kernels.quantizer import QuantizedWeight, sixteen_bit_dtype
 from kernels.scheme import QuantConfig
 
 FORMAT = "bitalloc.packed"
@@ -51,10 +51,12 @@ PACKING = ("codes packed along K into int32 words, K padded to a multiple of 32;
 
 
 def save_artifact(model: nn.Module, configs: Mapping[str, QuantConfig],
-                  directory: str | os.PathLike, allocation_json: dict) -> Path:
-    """Pack `model` with `configs` (see `kernels.apply.apply_allocation`) and write the
-    artifact into `directory` (created if missing). Returns the directory."""
-    packed = apply_allocation(model, configs)
+                  directory: str | os.PathLike, allocation_json: dict,
+                  quantized: Mapping[str, QuantizedWeight] | None = None) -> Path:
+    """Pack `model` with `configs` (see `kernels.apply.apply_allocation`; `quantized`:
+    codes the job's quantizer chose, packed as they are) and write the artifact into
+    `directory` (created if missing). Returns the directory."""
+    packed = apply_allocation(model, configs, quantized)
     modules = dict(packed.named_modules())
     layers = {name: _layer_record(modules[name], cfg, sorted(shared_users(model, name)))
               for name, cfg in configs.items()}

@@ -26,7 +26,21 @@ from torch import nn
 from kernels.ops import linear_2d
 from kernels.packed_weight import PackedWeight, pack_weight
 from kernels.packing import packed_rows
+from kernels.quantizer import QuantizedWeight
 from kernels.scheme import QuantConfig, num_groups
+
+
+def packed_from(view: torch.Tensor, config: QuantConfig,
+                quantized: QuantizedWeight | None = None) -> PackedWeight:
+    """The packed weight of `view` (the weight as the quantizer sees it): `quantized`,
+    codes an algorithm already chose (GPTQ, AdaQuant), packed as they are; without
+    it, `view` rounded to nearest."""
+    if quantized is None:
+        return pack_weight(view, config)
+    if quantized.config != config or tuple(quantized.shape) != tuple(view.shape):
+        raise ValueError(f"quantized codes {quantized.shape} {quantized.config} do not fit a "
+                         f"{tuple(view.shape)} weight at {config}")
+    return PackedWeight.from_quantized(quantized)
 
 
 class _Packed(nn.Module):
@@ -85,9 +99,10 @@ class QuantLinear(_Packed):
 
     @classmethod
     @torch.no_grad()
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig) -> QuantLinear:
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig,
+                    quantized: QuantizedWeight | None = None) -> QuantLinear:
         module = cls.empty_like(linear, config)
-        module._load_packed(pack_weight(linear.weight, config))
+        module._load_packed(packed_from(linear.weight, config, quantized))
         if linear.bias is not None:
             module.bias.copy_(linear.bias)
         return module
@@ -135,9 +150,10 @@ class QuantConv1DT(QuantLinear):
 
     @classmethod
     @torch.no_grad()
-    def from_conv1d(cls, conv: nn.Module, config: QuantConfig) -> QuantConv1DT:
+    def from_conv1d(cls, conv: nn.Module, config: QuantConfig,
+                    quantized: QuantizedWeight | None = None) -> QuantConv1DT:
         module = cls.empty_like(conv, config)
-        module._load_packed(pack_weight(conv.weight.T, config))
+        module._load_packed(packed_from(conv.weight.T, config, quantized))
         if conv.bias is not None:
             module.bias.copy_(conv.bias)
         return module
@@ -163,9 +179,10 @@ class QuantConv(_Packed):
 
     @classmethod
     @torch.no_grad()
-    def from_conv(cls, conv: nn.Conv1d | nn.Conv2d, config: QuantConfig) -> QuantConv:
+    def from_conv(cls, conv: nn.Conv1d | nn.Conv2d, config: QuantConfig,
+                  quantized: QuantizedWeight | None = None) -> QuantConv:
         module = cls(conv, config)
-        module._load_packed(pack_weight(conv.weight, config))
+        module._load_packed(packed_from(conv.weight, config, quantized))
         if conv.bias is not None:
             module.bias.copy_(conv.bias)
         return module
@@ -212,9 +229,10 @@ class QuantEmbedding(_Packed):
 
     @classmethod
     @torch.no_grad()
-    def from_embedding(cls, embedding: nn.Embedding, config: QuantConfig) -> QuantEmbedding:
+    def from_embedding(cls, embedding: nn.Embedding, config: QuantConfig,
+                       quantized: QuantizedWeight | None = None) -> QuantEmbedding:
         module = cls.empty_like(embedding, config)
-        module._load_packed(pack_weight(embedding.weight, config))
+        module._load_packed(packed_from(embedding.weight, config, quantized))
         return module
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -13,21 +13,24 @@ from pathlib import Path
 from torch import nn
 
 from kernels.export.formats import export_format
+from kernels.quantizer import QuantizedWeight
 from kernels.scheme import QuantConfig
 
 ALLOCATION_FILE = "allocation.json"
 
 
 def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig],
-                 directory: str | os.PathLike, allocation_json: dict, tokenizer=None) -> Path:
+                 directory: str | os.PathLike, allocation_json: dict, tokenizer=None,
+                 quantized: Mapping[str, QuantizedWeight] | None = None) -> Path:
     """Write `model` with each layer in `configs` at its config into `directory` in
-    format `name`; returns the directory."""
+    format `name`; returns the directory. `quantized`: codes the job's quantizer chose
+    (GPTQ, AdaQuant), written as they are; layers without them are rounded to nearest."""
     export_format(name)  # unknown names fail here, with the list
     out = Path(directory)
     if name == "bitalloc":
         from kernels.artifact import save_artifact
 
-        return save_artifact(model, configs, out, allocation_json)
+        return save_artifact(model, configs, out, allocation_json, quantized)
     from kernels.export.compressed_tensors import export_compressed_tensors
     from kernels.export.gptq import export_gptq
     from kernels.layout import quantizer_view
@@ -35,7 +38,9 @@ def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig]
 
     exporter = {"compressed-tensors": export_compressed_tensors, "gptq": export_gptq}[name]
     modules = dict(model.named_modules())
-    quantized = {n: quantize(quantizer_view(modules[n]), c) for n, c in configs.items() if c.quantized}
-    exporter(model, quantized, out, tokenizer=tokenizer)
+    given = quantized or {}
+    codes = {n: given[n] if n in given else quantize(quantizer_view(modules[n]), c)
+             for n, c in configs.items() if c.quantized}
+    exporter(model, codes, out, tokenizer=tokenizer)
     (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
     return out

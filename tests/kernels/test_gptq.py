@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.apply import apply_allocation
+from kernels.artifact import load_artifact, save_artifact
 from kernels.gptq import CalibrationError, column_order, gptq_quantize, output_error
 from kernels.hessian import LayerHessian, input_rows
 from kernels.packed_weight import PackedWeight
@@ -166,3 +168,34 @@ def test_gptq_lowers_a_convolutions_real_output_error():
         with torch.no_grad():
             errors[label] = float((F.conv2d(x, q.dequantize(), padding=1) - conv(x)).pow(2).sum())
     assert errors["gptq"] < 0.7 * errors["rtn"], errors
+
+
+def test_the_packed_model_and_the_artifact_keep_gptqs_codes(tmp_path):
+    """apply_allocation / save_artifact pack the codes GPTQ chose (act-order included),
+    not a new round-to-nearest of the weight; the loaded artifact computes the same."""
+    torch.manual_seed(0)
+
+    def build():
+        return nn.Sequential(nn.Linear(96, 40), nn.ReLU(), nn.Conv1d(40, 8, 1))
+
+    model = build()
+    hessians = {}
+    for name, k, rows in (("0", 96, torch.randn(300, 96) @ torch.randn(96, 96)),
+                          ("2", 40, torch.randn(300, 40))):
+        hessians[name] = LayerHessian.empty(k)
+        hessians[name].add(rows)
+    configs = {"0": QuantConfig(3, 32), "2": QuantConfig(4, 16)}
+    codes = {n: gptq_quantize(model.get_submodule(n).weight, hessians[n], configs[n], act_order=True)
+             for n in configs}
+    assert not torch.equal(codes["0"].codes, quantize(model[0].weight, configs["0"]).codes)
+    packed = apply_allocation(model, configs, codes)
+    x = torch.randn(5, 96)
+    expect = F.linear(x, codes["0"].dequantize(), model[0].bias)
+    assert torch.allclose(packed[0](x), expect, atol=1e-5)
+    assert torch.equal(packed[2].dequantized_weight(torch.float32), codes["2"].dequantize())
+    save_artifact(model, configs, tmp_path, {"note": "gptq"}, codes)
+    loaded = load_artifact(tmp_path, build)
+    y = torch.randn(2, 96)
+    with torch.no_grad():
+        assert torch.allclose(loaded[0](y), packed[0](y), atol=1e-6)
+        assert torch.equal(loaded[2].qweight, packed[2].qweight)
