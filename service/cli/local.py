@@ -59,7 +59,15 @@ def local_uploads(args: argparse.Namespace, model: str):
     from sensitivity.sources import DataSource, ModelSource
 
     model_source = data_source = None
-    if args.model_dir:
+    if args.gguf:
+        from sensitivity.data.gguf_header import read_gguf_header
+
+        try:
+            header = read_gguf_header(Path(args.gguf))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--gguf: {args.gguf}: {exc}") from None
+        model_source = ModelSource(model, "gguf", header.architecture, Path(args.gguf))
+    elif args.model_dir:
         folder = Path(args.model_dir)
         try:
             model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
@@ -82,11 +90,12 @@ def local_uploads(args: argparse.Namespace, model: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.model_dir and args.weights:
-        raise UsageError("give --weights (for a built-in --model) or --model-dir, not both")
-    if not args.model and not args.model_dir:
-        raise UsageError("give --model (a built-in model) or --model-dir")
-    args.model = args.model or Path(args.model_dir).resolve().name
+    if sum(bool(x) for x in (args.model_dir, args.weights, args.gguf)) > 1:
+        raise UsageError("give one of --weights (for a built-in --model), --model-dir or --gguf")
+    if not args.model and not args.model_dir and not args.gguf:
+        raise UsageError("give --model (a built-in model), --model-dir or --gguf")
+    args.model = args.model or (Path(args.gguf).stem if args.gguf else
+                                Path(args.model_dir).resolve().name)
     spec = build_spec(args)  # the method and its parameters are checked here, before any loading
     from workers.pipeline import JobError, run_job
 
@@ -124,11 +133,13 @@ def cmd_latency(args: argparse.Namespace) -> int:
 def add_local_commands(sub) -> None:
     run = sub.add_parser("run", help="run the whole pipeline locally, no service")
     run.add_argument("--model", help=f"built-in model: {', '.join(model_names())} (with "
-                                     "--model-dir: a name for the folder's model)")
+                                     "--model-dir or --gguf: a name for that model)")
     run.add_argument("--weights", metavar="FILE",
                      help="a safetensors state dict for the --model architecture")
     run.add_argument("--model-dir", metavar="DIR",
                      help="a Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+    run.add_argument("--gguf", metavar="FILE",
+                     help="a GGUF causal language model (dequantized to fp32 when loaded)")
     run.add_argument("--data", metavar="FILE",
                      help="calibration data: .safetensors (inputs, optional labels and "
                           "attention_mask), or .txt / .jsonl texts for text models")

@@ -80,7 +80,8 @@ class ApiKey(Base):
 
 
 class StoredModel(Base):
-    """An uploaded model: a Hugging Face directory, or a built-in architecture's weights."""
+    """An uploaded model: a Hugging Face directory, a built-in architecture's weights, or a
+    GGUF causal language model."""
 
     __tablename__ = "models"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
@@ -88,7 +89,7 @@ class StoredModel(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
                                                  index=True)
     name: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(20))  # "hf" | "state_dict"
+    kind: Mapped[str] = mapped_column(String(20))  # "hf" | "state_dict" | "gguf"
     architecture: Mapped[str] = mapped_column(String(200))
     filename: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)

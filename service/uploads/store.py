@@ -11,6 +11,8 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from sensitivity.data.formats import GGUF_SUFFIX
+from sensitivity.data.gguf_header import read_gguf_header
 from service import crud, storage
 from service.config import Settings
 from service.db.models import Dataset, StoredModel, Tenant
@@ -55,7 +57,10 @@ def _store_model(session: Session, settings: Settings, tenant: Tenant,
     work = storage.staging(settings) / f"{model_id}.dir"
     try:
         work.mkdir()
-        if architecture:
+        if received.filename.lower().endswith(GGUF_SUFFIX):
+            kind = "gguf"
+            architecture, manifest = _gguf(received, architecture, work)
+        elif architecture:
             kind, manifest = "state_dict", _state_dict(received, architecture, work)
         else:
             kind = "hf"
@@ -130,6 +135,22 @@ def _state_dict(received: Received, architecture: str, work: Path) -> dict:
     check_finite(received.path, info, received.filename)
     shutil.move(received.path, work / "model.safetensors")
     return {"weights": info.summary(), "metadata": dict(list(info.metadata.items())[:50])}
+
+
+def _gguf(received: Received, architecture: str, work: Path) -> tuple[str, dict]:
+    """A GGUF causal language model: its header checked (magic bytes, version, the
+    architecture it names); the worker dequantizes it when a job loads it."""
+    if architecture:
+        raise UploadError(422, "a GGUF file names its architecture itself; leave the form "
+                               "field `architecture` out")
+    try:
+        header = read_gguf_header(received.path)
+    except (ValueError, OSError) as exc:
+        raise UploadError(422, f"{received.filename}: {exc}") from None
+    shutil.move(received.path, work / "model.gguf")
+    return header.architecture, {"gguf": {"version": header.version, "tensors": header.tensors,
+                                          "metadata_entries": header.metadata_entries,
+                                          "name": header.name[:200]}}
 
 
 def _hf_archive(received: Received, work: Path, settings: Settings) -> tuple[str, dict]:

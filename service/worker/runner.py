@@ -218,7 +218,7 @@ class JobRunner:
                 raise NotRunnable(f"model {model.name!r}: its stored files are missing "
                                   f"({storage.relative(self.settings, path)}/config.json)")
         else:
-            path = folder / "model.safetensors"
+            path = folder / ("model.gguf" if model.kind == "gguf" else "model.safetensors")
             if not path.is_file():
                 raise NotRunnable(f"model {model.name!r}: its stored weights are missing")
         return ModelSource(name=model.name, kind=model.kind, architecture=model.architecture,

@@ -2,7 +2,8 @@
 (transformers' Conv1D projections, tied embeddings), Llama (grouped-query
 attention, SwiGLU, RMSNorm, rotary positions) and Qwen2 (biased q/k/v, its own
 LM head), saved as Hugging Face folders with a small byte-level BPE tokenizer
-trained on the repo's prose."""
+trained on the repo's prose, or (Llama) written as a GGUF file with the `gguf`
+package the way llama.cpp's converter lays it out."""
 
 from __future__ import annotations
 
@@ -90,3 +91,58 @@ def bundle(model, name: str = "tiny-lm", calibration=None, evaluation=None):
 
 def config_json(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
+
+
+def _permute(w, heads: int):
+    """llama.cpp's interleaving of the rotary halves of q/k rows (transformers undoes it)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(model, tok, path: Path) -> Path:
+    """A tied Llama as an fp32 GGUF file with its BPE tokenizer in the metadata."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-llama")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type(0)
+    tokens = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_pad_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+             "post_attention_layernorm": "ffn_norm"}
+    for i in range(c.num_hidden_layers):
+        names.update({f"model.layers.{i}.{hf}.weight": f"blk.{i}.{g}.weight" for hf, g in parts.items()})
+    for key, value in model.state_dict().items():
+        if key not in names:  # the tied LM head
+            continue
+        a = value.numpy().astype(np.float32)
+        if key.endswith("q_proj.weight"):
+            a = _permute(a, c.num_attention_heads)
+        if key.endswith("k_proj.weight"):
+            a = _permute(a, c.num_key_value_heads)
+        w.add_tensor(names[key], a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

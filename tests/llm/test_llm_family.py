@@ -107,3 +107,22 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     path.write_bytes(b"NOPE" + bytes(64))
     with pytest.raises(ValueError, match="not a GGUF file"):
         load_bundle("fake", ModelSource("fake", "gguf", "llama", path))
+
+
+def test_a_gguf_file_loads_as_the_model_it_holds(tmp_path):
+    from sensitivity.data.gguf_header import read_gguf_header
+
+    model = llm_models.llama(tied=True)
+    path = llm_models.write_gguf(model, llm_models.tokenizer(), tmp_path / "tiny.gguf")
+    header = read_gguf_header(path)
+    assert (header.architecture, header.name, header.version) == ("llama", "tiny-llama", 3)
+    bundle = load_bundle("tiny", ModelSource("tiny", "gguf", "llama", path))
+    ids = torch.randint(0, llm_models.VOCAB, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(bundle.model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert bundle.info["source"] == "uploaded GGUF file, dequantized to fp32"
+    assert bundle.info["gguf_conversion"] in ("dequantized to fp32 and cached",
+                                              "reused the cached fp32 conversion")
+    again = load_bundle("tiny", ModelSource("tiny", "gguf", "llama", path))
+    assert again.info["gguf_conversion"] == "reused the cached fp32 conversion"
+    assert again.cache_salt == bundle.cache_salt and "chapters I-VI" in again.info["calibration"]

@@ -1,5 +1,5 @@
-"""/v1/models: upload and list models (a Hugging Face folder as zip/tar, or a
-built-in architecture's safetensors state dict)."""
+"""/v1/models: upload and list models (a Hugging Face folder as zip/tar, a built-in
+architecture's safetensors state dict, or a GGUF causal language model)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ router = APIRouter(prefix="/models", tags=["models"])
 
 FORM = {"name": "your name for the model (letters, digits, . _ -)",
         "architecture": f"for a safetensors state dict: one of {', '.join(builtin_model_names())}; "
-                        "leave out for a Hugging Face model archive (.zip, .tar, .tar.gz)"}
+                        "leave out for a Hugging Face model archive (.zip, .tar, .tar.gz) "
+                        "or a GGUF file (.gguf)"}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ModelPublic,
