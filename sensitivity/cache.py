@@ -16,13 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.layers import LayerInfo
 from sensitivity.paths import atomic_write_bytes, cache_dir
@@ -42,9 +41,9 @@ def _update_tensor(h, name: str, t: torch.Tensor) -> None:
 
 
 def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
-              quant: QuantConfig, params: dict[str, Any]) -> str:
+              quant: QuantScheme, params: dict[str, Any]) -> str:
     h = hashlib.sha256()
-    header = {"format": FORMAT, "method": method, "params": params, "quant": asdict(quant),
+    header = {"format": FORMAT, "method": method, "params": params, "quant": quant.as_dict(),
               "choices": sorted([list(c) for c in choices]), "layers": [layer.name for layer in layers]}
     if bundle.cache_salt:  # only when set, so the built-in models keep their keys
         header["salt"] = bundle.cache_salt
