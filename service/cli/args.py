@@ -78,5 +78,6 @@ def one_line(exc) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        what = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from kernels.export.formats import EXPORT_FORMATS
 from sensitivity.catalog import model_names
 from sensitivity.data.formats import data_format
 from service.cli import exit_codes
@@ -42,6 +43,8 @@ def build_spec(args: argparse.Namespace):
                       "exclude": args.exclude},
         "seed": args.seed,
     }
+    if args.export:
+        spec["export"] = args.export[0]
     if args.bits:
         spec["weight_bits"] = parse_bits_list(args.bits, "--bits")
     if args.latency_table:
@@ -92,6 +95,8 @@ def local_uploads(args: argparse.Namespace, model: str):
 def cmd_run(args: argparse.Namespace) -> int:
     if sum(bool(x) for x in (args.model_dir, args.weights, args.gguf)) > 1:
         raise UsageError("give one of --weights (for a built-in --model), --model-dir or --gguf")
+    if args.export and args.artifact:
+        raise UsageError("give --artifact DIR (bitalloc's packed model) or --export FORMAT DIR")
     if not args.model and not args.model_dir and not args.gguf:
         raise UsageError("give --model (a built-in model), --model-dir or --gguf")
     args.model = args.model or (Path(args.gguf).stem if args.gguf else
@@ -100,8 +105,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workers.pipeline import JobError, run_job
 
     model_source, data_source = local_uploads(args, spec.model)
+    artifact = args.export[1] if args.export else args.artifact
     try:
-        result = run_job(spec, ProgressPrinter(), artifact_dir=args.artifact,
+        result = run_job(spec, ProgressPrinter(), artifact_dir=artifact,
                          model_source=model_source, data_source=data_source)
     except (JobError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -114,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\nresult written to {args.json}")
     if args.artifact:
         print(f"packed model written to {args.artifact} (model.safetensors, allocation.json)")
+    elif args.export:
+        print(f"{spec.export} export written to {artifact}")
     return exit_codes.OK
 
 
@@ -160,6 +168,8 @@ def add_local_commands(sub) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
     run.add_argument("--artifact", metavar="DIR", help="write the packed mixed-precision model here")
+    run.add_argument("--export", nargs=2, metavar=("FORMAT", "DIR"),
+                     help=f"write the quantized model in FORMAT ({', '.join(EXPORT_FORMATS)}) to DIR")
     run.add_argument("--latency-table", metavar="FILE", help="per-layer latency JSON (bitalloc latency)")
     run.add_argument("--min-quality-drop", type=float,
                      help="lower end of the max_quality_drop range (default half of it)")

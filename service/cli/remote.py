@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from kernels.export.formats import EXPORT_FORMATS
 from service.cli import exit_codes
 from service.cli.args import UsageError, parse_bits_list, parse_budgets, parse_params, parse_pins, read_json
 from service.cli.connection import add_client_options, make_client
@@ -23,7 +24,8 @@ from service.job_status import FINISHED
 def request_body(args: argparse.Namespace) -> dict:
     """The job request: --spec FILE, then the flags over it."""
     body: dict = read_json(args.spec, "--spec") if args.spec else {}
-    for field, value in (("model", args.model), ("method", args.method), ("dataset", args.dataset)):
+    for field, value in (("model", args.model), ("method", args.method), ("dataset", args.dataset),
+                         ("export", args.export)):
         if value is not None:
             body[field] = value
     if args.budget:
@@ -140,6 +142,8 @@ def add_remote_commands(sub) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="LAYER",
                    help="leave this layer in 16-bit")
     p.add_argument("--dataset", help="name or id of an uploaded calibration dataset")
+    p.add_argument("--export", help=f"the artifact's format: {', '.join(EXPORT_FORMATS)} "
+                                    "(default bitalloc)")
     p.add_argument("--idempotency-key", help="a retry with the same key returns the same job")
     p.add_argument("--wait", action="store_true", help="wait, show progress, print the result")
     p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 4)")
