@@ -6,6 +6,7 @@
     args        reading flag values; UsageError
     connection  the server and API key of the remote commands
     report      a result for people
+    progress    the progress bar (a terminal) or lines (a log)
     exit_codes  every command's exit statuses, and errors mapped to them
 
 The parts import only `args`, `connection`, `report`, `progress` and
