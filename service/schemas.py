@@ -172,10 +172,17 @@ class MethodInfo(BaseModel):
     parameters: list[MethodParameter] = Field(description="what `method_params` may set")
 
 
+class ExportInfo(BaseModel):
+    name: str
+    description: str
+    weight_bits: list[int]  # the widths the format holds (16: left unquantized)
+    symmetric_only: bool
+
+
 class ManifestPublic(BaseModel):
     """What a job can name: the built-in models and their families, each family's
     quality metrics with their directions, the sensitivity methods and their
-    parameters, the weight widths and the budgets (`workers.manifest`, the document
+    parameters, the weight widths, the budgets and the export formats (`workers.manifest`, the document
     the CLI and the dashboard read too)."""
 
     model_config = ConfigDict(extra="allow")  # sections the manifest gains pass through
@@ -185,6 +192,7 @@ class ManifestPublic(BaseModel):
     methods: list[MethodInfo]
     weight_bits: list[int]
     budgets: list[str]
+    exports: list[ExportInfo]
 
 
 # --- health -----------------------------------------------------------------------

@@ -17,8 +17,9 @@ ROOT = Path(__file__).parent
 
 def mount(app: FastAPI) -> None:
     """`/` is the single page; `/dashboard/...` its scripts and styles, and
-    `/dashboard/builtins.json` the built-in models the submit form offers (the
-    manifest's, as /v1/manifest gives them; this one needs no key)."""
+    `/dashboard/builtins.json` the built-in models the submit form offers and
+    `/dashboard/manifest.json` the whole manifest (as /v1/manifest gives them; these
+    need no key: they hold nothing of a tenant's)."""
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
@@ -27,5 +28,9 @@ def mount(app: FastAPI) -> None:
     @app.get("/dashboard/builtins.json", include_in_schema=False)
     def builtins() -> dict[str, list[str]]:
         return {"models": [m["name"] for m in manifest()["models"]]}
+
+    @app.get("/dashboard/manifest.json", include_in_schema=False)
+    def manifest_json() -> dict:
+        return manifest()
 
     app.mount("/dashboard", StaticFiles(directory=ROOT), name="dashboard")

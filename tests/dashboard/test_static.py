@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.db.session import dispose_engines
 from service.main import create_app
-from workers.manifest import builtin_model_names
+from workers.manifest import builtin_model_names, manifest
 
 ROOT = Path(__file__).parents[2] / "service" / "dashboard"
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
@@ -49,3 +49,10 @@ def test_the_page_and_everything_it_loads_is_served(client):
 
 def test_the_form_offers_the_built_in_models(client):
     assert client.get("/dashboard/builtins.json").json() == {"models": builtin_model_names()}
+
+
+def test_the_form_offers_the_export_formats_of_the_manifest(client):
+    served = client.get("/dashboard/manifest.json").json()
+    assert served == manifest()
+    assert {"bitalloc", "compressed-tensors", "gptq"} <= {f["name"] for f in served["exports"]}
+    assert (ROOT / "js" / "submit.js").read_text().count("/dashboard/manifest.json") == 1

@@ -48,6 +48,8 @@ export function submitView(root) {
   const pins = h("textarea", { id: "pins", placeholder: "layer.name=8   (one per line)" });
   const exclude = h("textarea", { id: "exclude", placeholder: "layer.name   (one per line)" });
   const seed = h("input", { id: "seed", type: "number", value: "0" });
+  // the formats come from the manifest; bitalloc's own artifact until it loads
+  const exportFormat = h("select", { id: "export" }, h("option", { value: "bitalloc" }, "bitalloc"));
   const formError = h("p.error", { id: "form-error" });
   const go = h("button.primary", { type: "submit", id: "submit-job" }, "Submit job");
   const form = h("form", { id: "submit-form", novalidate: true },
@@ -66,13 +68,14 @@ export function submitView(root) {
     h("div.card", {}, h("h2", {}, "Quantization and overrides"),
       h("div.row", {}, field("quant", "Group size", groupSize),
         h("div.field.checks", {}, h("label", {}, symmetric, "symmetric"), h("label", {}, mseClip, "MSE clipping")),
-        field("seed", "Seed", seed)),
+        field("seed", "Seed", seed), field("export", "Export format", exportFormat)),
       h("div.row", {}, field("overrides.pins", "Pin layers to a width", pins),
         field("overrides.exclude", "Leave layers at 16-bit", exclude)),
       h("div.field-error", { id: "error-overrides" })),
     formError, go);
   root.replaceChildren(h("h1", {}, "Submit a job"), form);
   loadBuiltins(model);
+  loadExports(exportFormat);
   loadUploads(model.select, "models", BUILTIN.length);
   loadUploads(dataset.select, "datasets", 1);
 
@@ -90,6 +93,7 @@ export function submitView(root) {
         quant: { group_size: Number(groupSize.value), symmetric: symmetric.checked, mse_clip: mseClip.checked },
         overrides: { pins: parsePins(pins.value), exclude: lines(exclude.value) },
         seed: Number(seed.value || 0),
+        export: exportFormat.value,
       };
       body.method_params = parseParams(params.value);
       const ds = await chosen(dataset, "datasets", "dataset");
@@ -121,6 +125,14 @@ async function loadBuiltins(picker) {
       }
     }
   } catch { /* the built-in list above stands */ }
+}
+
+async function loadExports(select) {
+  try {
+    const { exports } = await (await fetch("/dashboard/manifest.json")).json();
+    select.replaceChildren(...exports.map((f) => h("option", { value: f.name, title: f.description },
+      f.symmetric_only ? `${f.name} (symmetric groups)` : f.name)));
+  } catch { /* bitalloc's own artifact stands */ }
 }
 
 async function loadUploads(select, kind, at) {
@@ -205,6 +217,7 @@ function errorsByField(err) {
 }
 
 function guessField(msg) {
+  if (/^export /.test(msg)) return "export";
   return /avg_bits|size_mb|size_bytes|bops|latency_ms|budget/.test(msg) ? "budgets" : "";
 }
 
