@@ -43,7 +43,8 @@ from kernels.scheme import QuantScheme  # noqa: E402
 from sensitivity.engine import compute_table  # noqa: E402
 from sensitivity.layers import discover_layers  # noqa: E402
 from sensitivity.models import load_model  # noqa: E402
-from sensitivity.omega import quant_errors, weight_norms  # noqa: E402
+from sensitivity.omega import weight_norms  # noqa: E402
+from sensitivity.quantized import QuantizedWeights  # noqa: E402
 from solver import solve  # noqa: E402
 from workers.evaluate import measure, uniform_points  # noqa: E402
 from workers.problem import build_problem, candidate_choices  # noqa: E402
@@ -90,7 +91,7 @@ def spec_for(model: str, budget: float) -> JobSpec:
 def random_omega(bundle, names, choices, base, seed: int) -> dict:
     """Ω_l(b) = u_l · relative quantization error, u_l ~ U(0, 1): sensitivity without information."""
     rng = random.Random(seed)
-    errors = quant_errors(bundle.model, names, choices, base)
+    errors = QuantizedWeights(bundle, base).errors(names, choices)
     norms = weight_norms(bundle.model, names)
     omega = {}
     for n in names:

@@ -24,6 +24,7 @@ from sensitivity.estimators.context import EstimatorContext, StageProgress
 from sensitivity.layers import LayerInfo
 from sensitivity.methods import parse_method_params
 from sensitivity.progress import Progress, no_progress
+from sensitivity.quantized import QuantizedWeights
 from sensitivity.table import Choice, SensitivityTable
 
 
@@ -31,14 +32,19 @@ def compute_table(
     method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
     quant: QuantScheme, params: dict[str, Any], progress: Progress = no_progress, *,
     cache: TableCache | None = None, use_cache: bool = True, checkpoint_interval_s: float = 10.0,
+    weights: QuantizedWeights | None = None,
 ) -> SensitivityTable:
+    """`weights`: the job's provider of quantized weights (for `quant`), so the table and
+    the evaluation share one set of GPTQ / AdaQuant results; a fresh one when not given."""
     config = parse_method_params(method, params)
+    if weights is not None and weights.scheme != quant:
+        raise ValueError(f"the quantized weights are for {weights.scheme}, the table for {quant}")
     estimator = get_estimator(method)
     params = dict(params)
     choices = sorted(choices)
 
     def run(checkpoint: Checkpoint) -> SensitivityTable:
-        ctx = EstimatorContext(bundle, layers, choices, quant, StageProgress(progress), checkpoint)
+        ctx = EstimatorContext(bundle, layers, choices, quant, StageProgress(progress), checkpoint, weights)
         return estimator(ctx, config)
 
     if not use_cache:

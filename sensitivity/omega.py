@@ -1,32 +1,15 @@
-"""From per-layer curvature to Ω: the quantization error ‖ΔW_l(b)‖² of every
-candidate width, and HAWQ's second-order Ω_l(b) = ½ · (Tr(H_ll)/n_l) · ‖ΔW_l(b)‖²."""
+"""From per-layer curvature to Ω: HAWQ's second-order Ω_l(b) = ½ · (Tr(H_ll)/n_l) ·
+‖ΔW_l(b)‖², with ‖ΔW_l(b)‖² from the job's quantizer (`sensitivity.quantized`,
+`EstimatorContext.quant_errors`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from kernels.quantizer import QuantConfig, quantization_error
 from sensitivity.table import Choice
-
-
-def quant_errors(
-    model: nn.Module, names: Sequence[str], choices: Iterable[Choice], config: QuantConfig
-) -> dict[str, dict[Choice, float]]:
-    """‖Q_b(W_l) − W_l‖² for every layer and choice (0 for 16-bit)."""
-    modules = dict(model.named_modules())
-    choices = list(choices)
-    out: dict[str, dict[Choice, float]] = {}
-    for name in names:
-        w = modules[name].weight
-        out[name] = {
-            c: quantization_error(w, QuantConfig(c[0], config.group_size, config.symmetric,
-                                                 config.mse_clip))
-            for c in choices
-        }
-    return out
 
 
 def second_order_omega(

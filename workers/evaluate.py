@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from kernels.fake_quant import fake_quantize_model
 from kernels.scheme import ACTIVATION_BITS, WEIGHT_BITS, Choice, QuantScheme, choice_key
 from sensitivity.bundle import ModelBundle
 from sensitivity.layers import LayerInfo
+from sensitivity.quantized import QuantizedWeights
 from sensitivity.table import SensitivityTable
 from workers.accounting import Totals, choice_costs, fixed_bytes, stored_bytes, totals
 from workers.spec import JobSpec, LayerResult, Summary, UniformPoint
 
 
-def measure(bundle: ModelBundle, choices: Mapping[str, Choice], scheme: QuantScheme) -> dict[str, float]:
-    """Quality of the model with each named layer at its chosen width."""
-    configs = {name: scheme.for_choice(c) for name, c in choices.items()}
-    return bundle.evaluate(fake_quantize_model(bundle.model, configs))
+def measure(bundle: ModelBundle, choices: Mapping[str, Choice], scheme: QuantScheme,
+            weights: QuantizedWeights | None = None) -> dict[str, float]:
+    """Quality of the model with each named layer at its chosen width, quantized by the
+    job's quantizer (`weights`, the job's provider; a fresh one for `scheme` if not given)."""
+    weights = weights if weights is not None else QuantizedWeights(bundle, scheme)
+    return bundle.evaluate(weights.apply(choices).model)
 
 
 def quality_drop(bundle: ModelBundle, reference: dict[str, float], quality: dict[str, float]) -> float:
@@ -57,7 +59,8 @@ def uniform_totals(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInf
 
 
 def uniform_points(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo], scheme: QuantScheme,
-                   kind: str, allocation_bytes: float, *, every_width: bool) -> list[UniformPoint]:
+                   kind: str, allocation_bytes: float, *, every_width: bool,
+                   weights: QuantizedWeights | None = None) -> list[UniformPoint]:
     """The uniform widths an allocation must beat, measured: every width (the
     baseline curve), or only the nearest size not below the allocation's."""
     points = []
@@ -66,7 +69,7 @@ def uniform_points(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInf
         nearest = t.size_bytes >= allocation_bytes - 1e-9 or bits == WEIGHT_BITS[-1]
         if not (every_width or nearest):
             continue
-        quality = measure(bundle, {layer.name: (bits, ACTIVATION_BITS) for layer in layers}, scheme)
+        quality = measure(bundle, {layer.name: (bits, ACTIVATION_BITS) for layer in layers}, scheme, weights)
         points.append(UniformPoint(w_bits=bits, cost=t.cost(kind), avg_bits=t.avg_bits,
                                    size_bytes=t.size_bytes, quality=quality))
         if nearest and not every_width:

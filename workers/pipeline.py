@@ -16,6 +16,7 @@ from sensitivity.engine import compute_table
 from sensitivity.layers import discover_layers
 from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
+from sensitivity.quantized import QuantizedWeights
 from sensitivity.sources import DataSource, ModelSource
 from solver import Allocation, Problem, bisect_quality, pareto, solve
 from workers.accounting import totals
@@ -52,10 +53,13 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     `model_source` / `data_source`: the uploaded model (then `spec.model` is its
     name) and calibration data, when the job names uploads."""
     timings: dict[str, float] = {}
+    weights: QuantizedWeights | None = None  # the job's quantized weights, once the layers are known
 
     def stage(name: str):
         timings[name] = time.perf_counter()
         progress(name, 0.0, f"{name}…")
+        if weights is not None:  # the quantizer reports per layer in the stage it works for
+            weights.stage = name
 
     def done(name: str):
         timings[name] = time.perf_counter() - timings[name]
@@ -72,6 +76,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     check_overrides(spec, all_layers)
     check_export(spec, bundle, layers)
     scheme = spec.quant.scheme()
+    weights = QuantizedWeights(bundle, scheme, progress)
 
     def avg_bits(choices) -> float:
         return totals(layers, choices, scheme, 0.0).avg_bits
@@ -89,7 +94,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     stage("sensitivity")
     try:
         table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
-                              dict(spec.method_params), progress)
+                              dict(spec.method_params), progress, weights=weights)
     except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
     done("sensitivity")
@@ -104,7 +109,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
             raise JobError(f"no allocation fits the budget: {allocation.explanation}")
     else:
         allocation, search = _search_quality_drop(spec, bundle, problem, scheme, full_precision, progress,
-                                                  avg_bits)
+                                                  avg_bits, weights)
     kind = _frontier_kind(spec)
     frontier = _frontier(problem, kind, allocation, spec.pareto_points, own_optimum=search is None,
                          avg_bits=avg_bits)
@@ -115,11 +120,11 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     rows = layer_rows(layers, chosen, table, scheme)
     summary = summarize(bundle, layers, chosen, scheme)
     uniform = uniform_points(spec, bundle, layers, scheme, kind, summary.size_bytes,
-                             every_width=spec.pareto_points > 0)
+                             every_width=spec.pareto_points > 0, weights=weights)
     nearest = nearest_uniform_not_below(uniform, summary.size_bytes)
     quality = Quality(
         metric=bundle.headline.name, directions=bundle.directions, full_precision=full_precision,
-        allocation=measure(bundle, chosen, scheme), uniform=nearest.quality,
+        allocation=measure(bundle, chosen, scheme, weights), uniform=nearest.quality,
         uniform_bits=nearest.w_bits, uniform_size_bytes=nearest.size_bytes,
     )
     done("evaluate")
@@ -139,12 +144,13 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         pareto=frontier,
         uniform_points=uniform,
         quality_search=search,
-        sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta},
+        sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta,
+                     **({"quantizer": weights.meta()} if scheme.calibrated else {})},
         timings={},
     )
     if artifact_dir is not None:
         stage("artifact")
-        write_artifact(bundle, spec, result, Path(artifact_dir))
+        write_artifact(bundle, spec, result, Path(artifact_dir), weights)
         done("artifact")
     result.timings.update(timings)
     return result
@@ -169,10 +175,11 @@ def _frontier(problem: Problem, kind: str, allocation: Allocation, points: int, 
 
 
 def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, scheme: QuantScheme,
-                         full_precision: dict[str, float], progress: Progress, avg_bits):
+                         full_precision: dict[str, float], progress: Progress, avg_bits,
+                         weights: QuantizedWeights | None = None):
     lo, hi = spec.quality_drop_range()
     def evaluate(allocation: Allocation) -> float:
-        drop = quality_drop(bundle, full_precision, measure(bundle, allocation.choices, scheme))
+        drop = quality_drop(bundle, full_precision, measure(bundle, allocation.choices, scheme, weights))
         progress("solve", 0.5, f"quality drop {drop:.4g} at {allocation.budget_use['size_bytes'][0]:.0f} B")
         return drop
 
@@ -188,12 +195,19 @@ def _search_quality_drop(spec: JobSpec, bundle: ModelBundle, problem: Problem, s
     return result.best.allocation, search
 
 
-def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path) -> Path:
+def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, directory: Path,
+                   weights: QuantizedWeights | None = None) -> Path:
     """The result's allocation in the job's export format (`model.safetensors` packed +
-    `allocation.json` for bitalloc's own), written into `directory`."""
+    `allocation.json` for bitalloc's own), written into `directory`; `weights`: the
+    job's quantized weights (the evaluated model is the one packed)."""
     q = spec.quant
     scheme = q.scheme()
     configs = {layer.name: scheme.config(layer.w_bits) for layer in result.layers}
+    model, quantized = bundle.model, None
+    if scheme.calibrated:  # GPTQ / AdaQuant codes, corrected biases, re-estimated BatchNorm
+        weights = weights if weights is not None else QuantizedWeights(bundle, scheme)
+        applied = weights.apply({layer.name: (layer.w_bits, layer.a_bits) for layer in result.layers})
+        model, quantized = applied.model, applied.quantized
     allocation = {
         "model": spec.model,
         "layers": {layer.name: {"w_bits": layer.w_bits, "a_bits": layer.a_bits} for layer in result.layers},
@@ -202,5 +216,5 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
         "export": spec.export,
         "summary": result.summary.model_dump(),
     }
-    return write_export(spec.export, bundle.model, configs, directory, allocation,
-                        tokenizer=bundle.tokenizer)
+    return write_export(spec.export, model, configs, directory, allocation,
+                        tokenizer=bundle.tokenizer, quantized=quantized)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kernels.export.formats import EXPORT_FORMATS, export_format
-from kernels.scheme import WEIGHT_BITS, QuantScheme, check_weight_bits
+from kernels.scheme import ALGORITHMS, WEIGHT_BITS, QuantScheme, check_weight_bits
 from sensitivity.methods import get_method, parse_method_params
 
 BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms", "max_quality_drop")
@@ -19,12 +19,24 @@ class _Strict(BaseModel):
 
 
 class QuantSettings(_Strict):
+    """The job's quantizer (`kernels.scheme.QuantScheme`): the grid, and the algorithm
+    that picks the integers on it (`algorithm`, the CLI's `--quantizer`) with its
+    parameters; the sensitivity, the evaluation and the artifact all use it."""
+
     group_size: int = Field(128, ge=1, le=65536)
     symmetric: bool = False
     mse_clip: bool = False
+    algorithm: Literal[ALGORITHMS] = "rtn"  # rtn | gptq | adaquant
+    damping: float = Field(QuantScheme.damping, ge=0, le=1)  # gptq, adaquant
+    act_order: bool = QuantScheme.act_order  # gptq, adaquant
+    block_size: int = Field(QuantScheme.block_size, ge=1, le=65536)  # gptq, adaquant
+    adaquant_steps: int = Field(QuantScheme.adaquant_steps, ge=0, le=10_000)
+    adaquant_lr: float = Field(QuantScheme.adaquant_lr, gt=0, le=1)
 
     def scheme(self) -> QuantScheme:
-        return QuantScheme(self.group_size, self.symmetric, self.mse_clip)
+        return QuantScheme(self.group_size, self.symmetric, self.mse_clip, self.algorithm,
+                           self.damping, self.act_order, self.block_size, self.adaquant_steps,
+                           self.adaquant_lr)
 
 
 class Overrides(_Strict):
@@ -114,10 +126,13 @@ class JobSpec(_Strict):
         if "latency_ms" in self.budgets and not self.latency_table:
             raise ValueError("a latency_ms budget needs latency_table (per-layer, per-choice ms; "
                              "`bitalloc latency` measures one)")
+        fmt = export_format(self.export)
+        if "weight_bits" not in self.model_fields_set:  # the default: every width the format holds
+            self.weight_bits = [b for b in self.weight_bits if b in fmt.widths]
         widths = set(self.weight_bits) | set(self.overrides.pins.values())
         for bits in self.overrides.allowed.values():
             widths |= set(bits)
-        export_format(self.export).check_spec(sorted(widths), self.quant.symmetric)
+        fmt.check_spec(sorted(widths), self.quant.symmetric)
         top = self.budgets.get("max_quality_drop")
         if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
             raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")

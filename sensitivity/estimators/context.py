@@ -1,9 +1,10 @@
 """What an estimator is given: `estimate(ctx, config) -> SensitivityTable`.
 
 The context carries the model, the layers and candidate choices, the job's
-quantization scheme, the calibration batches with their weights in the loss, a
-progress reporter already scoped to the "sensitivity" stage, and the checkpoint
-the engine opened for the table (`sensitivity.checkpoint`). The config is the
+quantization scheme and its provider of quantized weights (`weights`: Q_b(W_l)
+under the job's quantizer, `sensitivity.quantized`), the calibration batches with
+their weights in the loss, a progress reporter already scoped to the "sensitivity"
+stage, and the checkpoint the engine opened for the table (`sensitivity.checkpoint`). The config is the
 method's validated parameters (`sensitivity.methods`).
 """
 
@@ -18,8 +19,8 @@ from sensitivity.bundle import Batch, ModelBundle
 from sensitivity.checkpoint import NO_CHECKPOINT, Checkpoint
 from sensitivity.layers import LayerInfo
 from sensitivity.methods import MethodConfig
-from sensitivity.omega import quant_errors
 from sensitivity.progress import Progress, no_progress
+from sensitivity.quantized import QuantizedWeights
 from sensitivity.table import Choice, SensitivityTable
 
 STAGE = "sensitivity"
@@ -50,6 +51,12 @@ class EstimatorContext:
     scheme: QuantScheme
     progress: StageProgress = field(default_factory=StageProgress)
     checkpoint: Checkpoint = NO_CHECKPOINT
+    weights: QuantizedWeights | None = None  # the job's; one of the context's own when not given
+
+    def __post_init__(self):
+        if self.weights is None:
+            self.weights = QuantizedWeights(self.bundle, self.scheme,
+                                            lambda stage, f, message: self.progress(f, message))
 
     @cached_property
     def names(self) -> list[str]:
@@ -67,8 +74,8 @@ class EstimatorContext:
         return len(self.bundle.calibration) == 1
 
     def quant_errors(self) -> dict[str, dict[Choice, float]]:
-        """‖ΔW_l(b)‖² of every layer and choice under the job's scheme."""
-        return quant_errors(self.bundle.model, self.names, self.choices, self.scheme)
+        """‖ΔW_l(b)‖² of every layer and choice under the job's quantizer."""
+        return self.weights.errors(self.names, self.choices)
 
 
 Estimator = Callable[[EstimatorContext, MethodConfig], SensitivityTable]

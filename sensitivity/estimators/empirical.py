@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from sensitivity.estimators.context import EstimatorContext
-from sensitivity.measure import QuantizedWeights, calibration_loss, loss_with
+from sensitivity.measure import calibration_loss, loss_with
 from sensitivity.methods import EmpiricalConfig
 from sensitivity.table import Choice, SensitivityTable, choice_key, parse_choice_key
 
@@ -21,7 +21,7 @@ def estimate(ctx: EstimatorContext, config: EmpiricalConfig) -> SensitivityTable
     start = time.perf_counter()
     bundle, names = ctx.bundle, ctx.names
     base = calibration_loss(bundle)
-    qw = QuantizedWeights(bundle.model, ctx.scheme)
+    qw = ctx.weights
     saved = ctx.checkpoint.load("empirical") or {}
     omega: dict[str, dict[Choice, float]] = {
         n: {parse_choice_key(k): v for k, v in row.items()} for n, row in saved.get("omega", {}).items()}

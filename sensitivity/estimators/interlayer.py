@@ -29,7 +29,7 @@ import torch
 from sensitivity.estimators.context import EstimatorContext
 from sensitivity.estimators.traces import hessian_traces, trace_table
 from sensitivity.hvp import LossGraph
-from sensitivity.measure import QuantizedWeights, calibration_loss, loss_with
+from sensitivity.measure import calibration_loss, loss_with
 from sensitivity.methods import InterlayerConfig
 from sensitivity.perturb import Perturbation, frozen
 from sensitivity.table import Choice, SensitivityTable
@@ -67,7 +67,7 @@ def estimate(ctx: EstimatorContext, config: InterlayerConfig) -> SensitivityTabl
 def hessian_pairs(ctx: EstimatorContext, window: int) -> tuple[Pairs, int]:
     names, choices = ctx.names, ctx.choices
     pert = Perturbation(ctx.bundle, names)
-    qw = QuantizedWeights(ctx.bundle.model, ctx.scheme)
+    qw = ctx.weights
     quantized = list(choices)
     deltas = {(i, c): pert.restrict(i, qw.delta(n, c)) for i, n in enumerate(names) for c in quantized}
     pairs = {(names[i], names[j]): {(ca, cb): 0.0 for ca in choices for cb in choices}
@@ -96,7 +96,7 @@ def hessian_pairs(ctx: EstimatorContext, window: int) -> tuple[Pairs, int]:
 def measured_terms(ctx: EstimatorContext, window: int):
     """(Ω, pairs, full-precision loss, forward passes), all measured."""
     bundle, names = ctx.bundle, ctx.names
-    qw = QuantizedWeights(bundle.model, ctx.scheme)
+    qw = ctx.weights
     quantized = list(ctx.choices)
     base = calibration_loss(bundle)
     single = {(n, c): loss_with(bundle, qw, [(n, c)]) for n in names for c in quantized}

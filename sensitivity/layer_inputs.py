@@ -1,0 +1,157 @@
+"""Layer inputs from calibration data, collected with forward pre-hooks: the XᵀX
+(`kernels.hessian.LayerHessian`) GPTQ and AdaQuant quantize a layer with.
+
+Two ways to collect:
+
+* `collect_hessians`: every layer's inputs from the model as it is (full precision),
+  in one pass over the calibration batches. The sensitivity tables use these: one
+  Hessian per layer, reused for every candidate width.
+* `quantize_sequentially`: GPTQ's order for applying an allocation. Layers are
+  quantized in the order the forward reaches them, each from inputs computed with
+  every earlier layer already at its chosen width. One pass over the calibration
+  batches quantizes the first layer the forward reaches together with the layers
+  that read the very same input tensor (Q/K/V, gate/up), and stops the forward
+  right after them; the next pass continues from there.
+
+Layers reading the same input tensor share one LayerHessian (computed once), so
+memory is K² per distinct input, never the inputs themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+
+import torch
+from torch import nn
+
+from kernels.hessian import LayerHessian, input_rows
+from kernels.layout import is_linear_like, quantizer_view
+from sensitivity.bundle import ModelBundle
+
+BatchRun = Callable[[nn.Module], object]  # runs the model on one calibration batch
+
+
+class _Stop(Exception):
+    """Raised from a hook: the rest of this forward is not needed."""
+
+
+def calibration_runs(bundle: ModelBundle) -> list[BatchRun]:
+    """One callable per calibration batch, running `bundle.forward` on it."""
+    return [partial(_forward, bundle, batch) for batch in bundle.calibration]
+
+
+def _forward(bundle: ModelBundle, batch, model: nn.Module):
+    return bundle.forward(model, batch)
+
+
+def _input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else next(iter(kwargs.values()))
+
+
+class _Accumulators:
+    """name -> LayerHessian, shared by linear layers that read the same tensor."""
+
+    def __init__(self):
+        self.by_name: dict[str, LayerHessian] = {}
+        self._fed: dict[int, tuple[torch.Tensor, LayerHessian]] = {}  # this batch's inputs
+
+    def new_batch(self) -> None:
+        self._fed.clear()
+
+    def add(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        prev = self._fed.get(id(x))
+        shared = (prev is not None and prev[0] is x and is_linear_like(module)
+                  and prev[1].k == x.shape[-1])
+        if shared and self.by_name.setdefault(name, prev[1]) is prev[1]:
+            return  # this tensor is already counted in the shared Hessian
+        rows = input_rows(module, x)
+        acc = self.by_name.get(name)
+        if acc is None:
+            acc = self.by_name[name] = LayerHessian.empty(rows.shape[1], device=rows.device)
+        acc.add(rows)
+        self._fed[id(x)] = (x, acc)
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, names: Iterable[str],
+                     runs: Sequence[BatchRun]) -> dict[str, LayerHessian]:
+    """XᵀX of each named layer's inputs over the calibration batches, the model as it is."""
+    modules = dict(model.named_modules())
+    accs = _Accumulators()
+
+    def hook(name, module, args, kwargs):
+        accs.add(name, module, _input(args, kwargs))
+
+    handles = [modules[n].register_forward_pre_hook(partial(hook, n), with_kwargs=True) for n in names]
+    try:
+        for run in runs:
+            accs.new_batch()
+            run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: accs.by_name.get(n) or LayerHessian.empty(_k(modules[n])) for n in names}
+
+
+def _k(module: nn.Module) -> int:
+    return int(quantizer_view(module)[0].numel())
+
+
+@torch.no_grad()
+def quantize_sequentially(model: nn.Module, names: Sequence[str], runs: Sequence[BatchRun],
+                          quantize_layer: Callable[[str, LayerHessian], None],
+                          report: Callable[[str], None] = lambda name: None) -> list[str]:
+    """Quantize the named layers of `model` in forward order, each from the inputs it
+    receives with the earlier ones already quantized. `quantize_layer(name, hessian)`
+    must replace that layer's weight in `model`. Returns the order used."""
+    modules = dict(model.named_modules())
+    pending = set(names)
+    order: list[str] = []
+    while pending:
+        final = _next_group(model, modules, pending, runs)
+        if not final:
+            raise ValueError("the calibration data never reaches "
+                             f"{', '.join(sorted(pending))}: no inputs to quantize them from")
+        for name, hessian in final.items():
+            quantize_layer(name, hessian)
+            pending.discard(name)
+            order.append(name)
+            report(name)
+    return order
+
+
+def _next_group(model: nn.Module, modules: Mapping[str, nn.Module], pending: set[str],
+                runs: Sequence[BatchRun]) -> dict[str, LayerHessian]:
+    """The Hessians of the first pending layer(s) the forward reaches: the first one
+    and those reading its very input tensor (the group is fixed by the first batch)."""
+    accs = _Accumulators()
+    group: list[str] = []
+    batch = {"index": 0, "input": None, "seen": set()}
+
+    def hook(name, module, args, kwargs):
+        x = _input(args, kwargs)
+        if name in batch["seen"] or (batch["input"] is not None and x is not batch["input"]):
+            raise _Stop  # past the group: what follows depends on layers not yet quantized
+        if batch["index"] == 0:
+            group.append(name)
+        elif name not in group:
+            raise _Stop
+        batch["input"] = x
+        batch["seen"].add(name)
+        accs.add(name, module, x)
+
+    handles = [modules[n].register_forward_pre_hook(partial(hook, n), with_kwargs=True)
+               for n in pending]
+    try:
+        for i, run in enumerate(runs):
+            accs.new_batch()
+            batch.update(index=i, input=None, seen=set())
+            try:
+                run(model)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: accs.by_name[n] for n in group}

@@ -1,0 +1,187 @@
+"""The job's provider of quantized weights (sensitivity.quantized) and the layer
+inputs it quantizes from (sensitivity.layer_inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kernels.fake_quant import fake_quantize_weight, weight_quantization_error
+from kernels.hessian import LayerHessian, input_rows
+from kernels.scheme import QuantScheme
+from sensitivity.bundle import ModelBundle
+from sensitivity.layer_inputs import calibration_runs, collect_hessians, quantize_sequentially
+from sensitivity.metrics import Metric
+from sensitivity.quantized import QuantizedWeights
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Attention(nn.Module):
+    """Q, K and V read the very same tensor, as in every transformer."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        att = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / x.shape[-1] ** 0.5, -1)
+        return x + self.o(att @ self.v(x))
+
+
+class TinyModel(nn.Module):
+    def __init__(self, vocab=20, d=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.conv = nn.Conv1d(d, d, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm1d(d)
+        self.att = Attention(d)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, 5)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        x = x + torch.relu(self.bn(self.conv(x.transpose(1, 2)))).transpose(1, 2)
+        x = self.att(x)
+        return self.fc2(torch.relu(self.fc1(x))).mean(1)
+
+
+def tiny_bundle(batches=2) -> ModelBundle:
+    torch.manual_seed(0)
+    model = TinyModel()
+    model.bn.momentum = None  # BatchNorm statistics of the data, as training leaves them
+    with torch.no_grad():
+        model.train()(torch.randint(0, 20, (512, 12)))
+    model.bn.momentum = 0.1
+    model.eval()
+    data = [{"ids": torch.randint(0, 20, (24, 12))} for _ in range(batches)]
+    for b in data:
+        with torch.no_grad():
+            b["target"] = model(b["ids"])
+
+    def forward(m, b):
+        return m(b["ids"])
+
+    return ModelBundle(
+        name="tiny", model=model, calibration=data, forward=forward,
+        loss=lambda m, b: (forward(m, b) - b["target"]).pow(2).mean(),
+        evaluate=lambda m: {}, metrics=[Metric("none", higher_is_better=True)])
+
+
+LAYERS = ["emb", "conv", "att.q", "att.k", "att.v", "att.o", "fc1", "fc2"]
+
+
+def inputs_of(model, bundle, name):
+    seen = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        for b in bundle.calibration:
+            bundle.forward(model, b)
+    handle.remove()
+    return seen
+
+
+def test_rtn_is_the_plain_quantizer():
+    bundle = tiny_bundle()
+    qw = QuantizedWeights(bundle, QuantScheme(group_size=16))
+    for name in LAYERS:
+        module = bundle.model.get_submodule(name)
+        for choice in ((2, 16), (4, 16), (16, 16)):
+            config = QuantScheme(group_size=16).for_choice(choice)
+            assert torch.equal(qw(name, choice), fake_quantize_weight(module, config))
+            assert qw.error(name, choice) == weight_quantization_error(module, config)
+    assert qw.apply({"fc1": (3, 16)}).quantized == {}
+
+
+def test_hessians_over_all_batches_shared_by_layers_reading_one_tensor():
+    bundle = tiny_bundle()
+    names = ["conv", "att.q", "att.k", "att.v", "fc1"]
+    hessians = collect_hessians(bundle.model, names, calibration_runs(bundle))
+    assert hessians["att.q"] is hessians["att.k"] is hessians["att.v"]
+    for name in ("att.q", "conv"):
+        module = bundle.model.get_submodule(name)
+        rows = torch.cat([input_rows(module, x) for x in inputs_of(bundle.model, bundle, name)])
+        assert hessians[name].rows == rows.shape[0] == 2 * 24 * 12
+        assert torch.allclose(hessians[name].xtx, rows.T @ rows, rtol=1e-4, atol=1e-3)
+
+
+def test_sequential_inputs_see_the_earlier_layers_quantized():
+    """Each layer's Hessian comes from the model with every earlier layer already
+    replaced; Q/K/V are quantized in one pass, from one shared Hessian."""
+    bundle = tiny_bundle()
+    model = bundle.model
+    original = {n: model.get_submodule(n).weight.detach().clone() for n in LAYERS}
+    got: dict[str, LayerHessian] = {}
+    expected: dict[str, torch.Tensor] = {}
+
+    def quantize_layer(name, hessian):
+        module = model.get_submodule(name)
+        rows = torch.cat([input_rows(module, x) for x in inputs_of(model, bundle, name)])
+        expected[name] = rows.T @ rows  # the inputs now, with the earlier layers changed
+        got[name] = hessian
+        with torch.no_grad():
+            module.weight.mul_(0.5)  # "quantize"
+
+    order = quantize_sequentially(model, LAYERS[1:], calibration_runs(bundle), quantize_layer)
+    try:
+        assert order == LAYERS[1:]
+        assert got["att.q"] is got["att.k"] is got["att.v"]
+        for name in order:
+            assert torch.allclose(got[name].xtx, expected[name], rtol=1e-4, atol=1e-3), name
+    finally:
+        with torch.no_grad():
+            for n, w in original.items():
+                model.get_submodule(n).weight.copy_(w)
+
+
+def test_a_layer_the_calibration_data_never_reaches_is_an_error():
+    bundle = tiny_bundle()
+    bundle.model.spare = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="never reaches spare"):
+        quantize_sequentially(bundle.model, ["fc1", "spare"], calibration_runs(bundle),
+                              lambda name, h: None)
+
+
+def output_error(bundle, model) -> float:
+    with torch.no_grad():
+        return sum(float((bundle.forward(model, b) - b["target"]).pow(2).sum()) for b in bundle.calibration)
+
+
+@pytest.mark.parametrize("algorithm", ["gptq", "adaquant"])
+def test_calibrated_quantizers_against_rtn(algorithm):
+    bundle = tiny_bundle()
+    scheme = QuantScheme(group_size=16, algorithm=algorithm, adaquant_steps=20)
+    qw = QuantizedWeights(bundle, scheme)
+    rtn = QuantizedWeights(bundle, QuantScheme(group_size=16))
+    assert not qw.calibrated("emb") and "embedding" in qw.rtn_notes()["emb"]
+    assert qw.calibrated("conv") and qw.calibrated("att.q")
+    # the embedding is rounded to nearest; the others are GPTQ / AdaQuant codes
+    assert torch.equal(qw("emb", (3, 16)), rtn("emb", (3, 16)))
+    assert not torch.equal(qw("fc1", (3, 16)), rtn("fc1", (3, 16)))
+    assert qw.error("fc1", (3, 16)) == pytest.approx(float(qw.delta("fc1", (3, 16)).double().pow(2).sum()))
+    choices = {n: (3, 16) for n in LAYERS}
+    applied = qw.apply(choices)
+    assert qw.apply(choices) is applied  # kept for the artifact
+    assert set(applied.quantized) == set(LAYERS)
+    assert applied.order == LAYERS[1:]
+    for name, q in applied.quantized.items():
+        assert int(q.codes.max()) <= 7 and q.config.bits == 3
+        w = applied.model.get_submodule(name).weight
+        assert torch.equal(w, q.dequantize(w.dtype).reshape(w.shape))
+    err_rtn = output_error(bundle, rtn.apply(choices).model)
+    err = output_error(bundle, applied.model)
+    assert err < 0.8 * err_rtn, (err, err_rtn)
+    bn, bn0 = applied.model.bn, bundle.model.bn
+    if algorithm == "adaquant":  # global statistics tuning: BatchNorm and biases move
+        assert not torch.allclose(bn.running_mean, bn0.running_mean)
+        assert not torch.equal(applied.model.fc1.bias, bundle.model.fc1.bias)
+        assert not bn.training
+    else:
+        assert torch.equal(bn.running_mean, bn0.running_mean)
+        assert torch.equal(applied.model.fc1.bias, bundle.model.fc1.bias)
