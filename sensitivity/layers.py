@@ -25,6 +25,7 @@ from torch import nn
 
 from kernels.layout import is_transposed_linear, logical_shape
 from sensitivity.bundle import ModelBundle
+from sensitivity.perturb import frozen
 
 QUANTIZABLE = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
 HF_CONV1D = "hf_conv1d"  # transformers' Conv1D (GPT-2): a linear layer storing its weight (in, out)
@@ -139,7 +140,7 @@ def discover_layers(bundle: ModelBundle, *, fused: bool = False) -> list[LayerIn
     users = weight_users(model, modules)
     batch = bundle.calibration[0]
     macs = _measure_macs(bundle, modules, users, batch)
-    used = _reaches_loss(bundle, modules, batch)
+    used = _reaches_loss(bundle, modules, users, batch)
     tied = list(bundle.tied_groups) + (fused_groups(modules) if fused else [])
     groups = _tied_groups(bundle.name, tied, modules)
     return [
@@ -209,11 +210,36 @@ def _measure_macs(bundle: ModelBundle, modules: dict[str, nn.Module],
     return {name: round(c / n) for name, c in counts.items()}
 
 
-def _reaches_loss(bundle: ModelBundle, modules: dict[str, nn.Module], batch) -> dict[str, bool]:
-    weights = [m.weight for m in modules.values()]
-    loss = bundle.loss(bundle.model, batch)
-    grads = torch.autograd.grad(loss, weights, allow_unused=True)
-    return {name: g is not None for name, g in zip(modules, grads)}
+def _reaches_loss(bundle: ModelBundle, modules: dict[str, nn.Module],
+                  users: dict[str, tuple[str, ...]], batch) -> dict[str, bool]:
+    """Whether the loss depends on each layer's weight: on the output of one of the
+    modules computing with it. Taken with the parameters frozen (outputs that need
+    no gradient become leaves), so autograd keeps no weight gradients and none of
+    what only they would need (a model-sized saving on an LLM)."""
+    all_modules = dict(bundle.model.named_modules(remove_duplicate=False))
+    outputs: list[tuple[str, torch.Tensor]] = []
+
+    def hook(name):
+        def keep(module, inputs, output):
+            if not output.requires_grad:
+                output = output.detach().requires_grad_(True)
+            outputs.append((name, output))
+            return output
+        return keep
+
+    handles = [all_modules[m].register_forward_hook(hook(name))
+               for name in modules for m in (name, *users[name])]
+    try:
+        with frozen(bundle.model), torch.enable_grad():
+            loss = bundle.loss(bundle.model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(loss, [t for _, t in outputs], allow_unused=True) if outputs else []
+    reached = {name: False for name in modules}
+    for (name, _), g in zip(outputs, grads):
+        reached[name] = reached[name] or g is not None
+    return reached
 
 
 def _tied_groups(label: str, tied: Sequence[Sequence[str]],
