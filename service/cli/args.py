@@ -81,3 +81,16 @@ def one_line(exc) -> str:
         what = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
+
+
+QUANTIZER_HELP = ("the quantizer that picks the integers: rtn (round to nearest, default), gptq "
+                  "(error-compensating column updates from the calibration inputs) or adaquant "
+                  "(GPTQ refined by layer-wise calibration, BatchNorm re-estimated)")
+
+
+def add_quantizer_option(parser, default: str | None = "rtn") -> None:
+    """--quantizer, the job's quant.algorithm (kernels.scheme.ALGORITHMS)."""
+    from kernels.scheme import ALGORITHMS
+
+    parser.add_argument("--quantizer", choices=ALGORITHMS, default=default, help=QUANTIZER_HELP)
+

@@ -15,6 +15,7 @@ from sensitivity.data.formats import data_format
 from service.cli import exit_codes
 from service.cli.args import (
     UsageError,
+    add_quantizer_option,
     one_line,
     parse_allowed,
     parse_bits_list,
@@ -38,7 +39,9 @@ def build_spec(args: argparse.Namespace):
         "method_params": parse_params(args.param),
         "budgets": parse_budgets(args.budget),
         "quant": {"group_size": args.group_size, "symmetric": args.symmetric,
-                  "mse_clip": args.mse_clip},
+                  "mse_clip": args.mse_clip, "algorithm": args.quantizer,
+                  **({"damping": args.damping} if args.damping is not None else {}),
+                  **({"act_order": True} if args.act_order else {})},
         "overrides": {"pins": parse_pins(args.pin), "allowed": parse_allowed(args.allow),
                       "exclude": args.exclude},
         "seed": args.seed,
@@ -165,6 +168,12 @@ def add_local_commands(sub) -> None:
     run.add_argument("--group-size", type=int, default=128)
     run.add_argument("--symmetric", action="store_true")
     run.add_argument("--mse-clip", action="store_true", help="MSE-optimal clipping")
+    add_quantizer_option(run)
+    run.add_argument("--damping", type=float,
+                     help="gptq/adaquant: Hessian damping, a fraction of its mean diagonal "
+                          "(default 0.01)")
+    run.add_argument("--act-order", action="store_true",
+                     help="gptq/adaquant: quantize columns by decreasing input energy")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--json", metavar="PATH", help="write the result as JSON")
     run.add_argument("--artifact", metavar="DIR", help="write the packed mixed-precision model here")

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from kernels.export.formats import EXPORT_FORMATS
 from service.cli import exit_codes
-from service.cli.args import UsageError, parse_bits_list, parse_budgets, parse_params, parse_pins, read_json
+from service.cli.args import (
+    UsageError,
+    add_quantizer_option,
+    parse_bits_list,
+    parse_budgets,
+    parse_params,
+    parse_pins,
+    read_json,
+)
 from service.cli.connection import add_client_options, make_client
 from service.cli.progress import ProgressPrinter
 from service.cli.report import print_report
@@ -34,6 +42,8 @@ def request_body(args: argparse.Namespace) -> dict:
         body["method_params"] = {**body.get("method_params", {}), **parse_params(args.param)}
     if args.bits:
         body["weight_bits"] = parse_bits_list(args.bits, "--bits")
+    if args.quantizer is not None:
+        body["quant"] = {**body.get("quant", {}), "algorithm": args.quantizer}
     overrides = body.setdefault("overrides", {})
     if args.pin:
         overrides["pins"] = parse_pins(args.pin)
@@ -138,6 +148,7 @@ def add_remote_commands(sub) -> None:
     p.add_argument("--method")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--bits", help="candidate weight widths, e.g. 2,4,8")
+    add_quantizer_option(p, default=None)
     p.add_argument("--pin", action="append", default=[], metavar="LAYER=BITS")
     p.add_argument("--exclude", action="append", default=[], metavar="LAYER",
                    help="leave this layer in 16-bit")

@@ -33,6 +33,11 @@ def print_report(result) -> None:
         print(f"budget {kind}: {used:.6g} of {limit:.6g}")
     print(f"solver: {result.solver.status}, objective {result.solver.objective:.4g}, "
           f"{result.solver.solve_time_s * 1000:.0f} ms ({result.solver.backend})")
+    quantizer = result.sensitivity.get("quantizer")  # only for gptq / adaquant jobs
+    if quantizer:
+        rtn = quantizer.get("rtn_layers", {})
+        print(f"quantizer: {quantizer['settings']['algorithm']}"
+              + (f"; rounded to nearest: {', '.join(rtn)}" if rtn else ""))
     m = metric(q, q.metric)
     fp = q.full_precision[m.name]
     print(f"quality ({_named(m)}): full precision {fp:.3f} | "

@@ -58,6 +58,8 @@ def test_submit_form_shows_the_api_validation_next_to_the_field(browser, dashboa
     one(browser, "#submit-job").click()
     until(browser, lambda: "unknown model 'nosuch'" in text_of(browser, "#error-model"))
     assert one(browser, "#error-budgets").text == ""
+    assert [o.get_attribute("value") for o in css(browser, "#quantizer option")] == \
+        ["rtn", "gptq", "adaquant"]
     screenshots(browser, "submit-validation")
 
 
@@ -82,6 +84,7 @@ def test_submit_watch_progress_and_see_the_result(browser, dashboard_server, scr
     spec = server.client().get(f"/v1/jobs/{job_id}").json()["spec"]
     assert spec["method"] == CHEAP_JOB["method"] and spec["method_params"] == params
     assert spec["budgets"] == {"avg_bits": 4}
+    assert spec["quant"]["algorithm"] == "rtn"  # the form's quantizer, at its default
 
     # polling backs off while the tab is hidden and catches up when it returns
     one(browser, "#job-progress")

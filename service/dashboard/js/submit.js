@@ -11,6 +11,9 @@ const BUDGETS = [["avg_bits", "average bits", "4"], ["size_mb", "size (MB)", ""]
   ["max_quality_drop", "max quality drop", ""]];
 // fisher first: the API's default method (same allocations as hawq_v2 on our models, far cheaper)
 const METHODS = ["fisher", "hawq_v2", "hawq_v1", "empirical", "lrp", "interlayer"];
+// the algorithm that picks the integers (quant.algorithm); rtn is the API's default
+const QUANTIZERS = [["rtn", "round to nearest"], ["gptq", "GPTQ (error-compensating)"],
+  ["adaquant", "AdaQuant (GPTQ + layer-wise calibration)"]];
 
 function field(name, label, control, hint) {
   return h("div.field", { "data-field": name }, h("label", { for: control.id }, label), control,
@@ -45,6 +48,7 @@ export function submitView(root) {
   const groupSize = h("input", { id: "group-size", type: "number", value: "128" });
   const symmetric = h("input", { id: "symmetric", type: "checkbox" });
   const mseClip = h("input", { id: "mse-clip", type: "checkbox" });
+  const quantizer = h("select", { id: "quantizer" }, QUANTIZERS.map(([v, label]) => h("option", { value: v }, label)));
   const pins = h("textarea", { id: "pins", placeholder: "layer.name=8   (one per line)" });
   const exclude = h("textarea", { id: "exclude", placeholder: "layer.name   (one per line)" });
   const seed = h("input", { id: "seed", type: "number", value: "0" });
@@ -68,6 +72,7 @@ export function submitView(root) {
     h("div.card", {}, h("h2", {}, "Quantization and overrides"),
       h("div.row", {}, field("quant", "Group size", groupSize),
         h("div.field.checks", {}, h("label", {}, symmetric, "symmetric"), h("label", {}, mseClip, "MSE clipping")),
+        field("quant.algorithm", "Quantizer", quantizer),
         field("seed", "Seed", seed), field("export", "Export format", exportFormat)),
       h("div.row", {}, field("overrides.pins", "Pin layers to a width", pins),
         field("overrides.exclude", "Leave layers at 16-bit", exclude)),
@@ -90,7 +95,8 @@ export function submitView(root) {
         budgets: Object.fromEntries(Object.entries(budgetInputs).filter(([, i]) => i.value !== "")
           .map(([k, i]) => [k, Number(i.value)])),
         weight_bits: widths.filter((w) => w.checked).map((w) => Number(w.value)),
-        quant: { group_size: Number(groupSize.value), symmetric: symmetric.checked, mse_clip: mseClip.checked },
+        quant: { group_size: Number(groupSize.value), symmetric: symmetric.checked, mse_clip: mseClip.checked,
+          algorithm: quantizer.value },
         overrides: { pins: parsePins(pins.value), exclude: lines(exclude.value) },
         seed: Number(seed.value || 0),
         export: exportFormat.value,
