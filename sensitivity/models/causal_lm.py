@@ -207,8 +207,12 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
                      evaluation: Sequence[Batch], *, description: str, info: dict | None = None,
                      cache_salt: str = "") -> ModelBundle:
     """Calibration batches with `labels` use next-token cross-entropy; otherwise they
-    get the full-precision logits as `target` (self-distillation KL)."""
+    get the full-precision logits as `target` (self-distillation KL). The model is
+    switched to eager attention: flash and SDPA kernels have no double backward,
+    which the Hessian methods (hawq_v1, hawq_v2's hvp engine, interlayer) take."""
     model.eval()
+    if getattr(model.config, "_attn_implementation", "eager") != "eager":
+        model.set_attn_implementation("eager")
     labelled = all("labels" in b for b in calibration)
     try:
         with torch.no_grad():

@@ -65,3 +65,18 @@ def test_token_losses_know_their_output_hessian(loss):
     assert (sample - hess).abs().max() < 0.05 * hess.abs().max()
     padded = hess.reshape(2, 5, 7, 2, 5, 7)[1, 3:]  # padded positions have no curvature
     assert padded.abs().max() == 0
+
+
+@pytest.mark.parametrize("method", ["hawq_v1", "hawq_v2", "fisher", "empirical", "lrp", "interlayer"])
+def test_every_method_runs_on_a_gpt2(method):
+    from kernels.scheme import QuantScheme
+    from sensitivity.engine import compute_table
+
+    bundle = llm_models.bundle(llm_models.gpt2())  # built with SDPA: the bundle makes it eager
+    assert bundle.model.config._attn_implementation == "eager"
+    layers = [layer for layer in discover_layers(bundle) if layer.used]
+    table = compute_table(method, bundle, layers, [(2, 16), (4, 16), (16, 16)],
+                          QuantScheme(group_size=16), {}, use_cache=False)
+    assert set(table.omega) == {layer.name for layer in layers}
+    c_attn = table.omega["transformer.h.0.attn.c_attn"]
+    assert c_attn[(2, 16)] >= c_attn[(4, 16)] or method == "empirical"
