@@ -20,6 +20,7 @@ memory is K² per distinct input, never the inputs themselves.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -104,21 +105,124 @@ def quantize_sequentially(model: nn.Module, names: Sequence[str], runs: Sequence
                           report: Callable[[str], None] = lambda name: None) -> list[str]:
     """Quantize the named layers of `model` in forward order, each from the inputs it
     receives with the earlier ones already quantized. `quantize_layer(name, hessian)`
-    must replace that layer's weight in `model`. Returns the order used."""
+    must replace that layer's weight in `model`. Returns the order used.
+
+    A model made of a list of blocks run one after the other (a transformer's layers)
+    is taken block by block: the blocks' inputs are kept between them (one hidden
+    state per calibration batch), so each pass runs one block, not the model up to it."""
     modules = dict(model.named_modules())
     pending = set(names)
     order: list[str] = []
-    while pending:
-        final = _next_group(model, modules, pending, runs)
-        if not final:
-            raise ValueError("the calibration data never reaches "
-                             f"{', '.join(sorted(pending))}: no inputs to quantize them from")
-        for name, hessian in final.items():
+
+    def commit(group: Mapping[str, LayerHessian]) -> None:
+        for name, hessian in group.items():
             quantize_layer(name, hessian)
             pending.discard(name)
             order.append(name)
             report(name)
+
+    blocks = _find_blocks(model, pending)
+    while pending:
+        group = _next_group(model, modules, pending, runs)
+        if not group:
+            raise ValueError("the calibration data never reaches "
+                             f"{', '.join(sorted(pending))}: no inputs to quantize them from")
+        if blocks is not None and any(_in_block(n, blocks) for n in group):
+            inputs = _block_inputs(model, blocks, runs)
+            if inputs is not None:
+                _quantize_blocks(blocks, inputs, modules, pending, commit)
+                blocks = None
+                continue
+            blocks = None  # not a chain of blocks after all: model-wide passes
+        commit(group)
     return order
+
+
+@dataclass
+class _Blocks:
+    prefix: str
+    modules: list[nn.Module]
+
+
+def _find_blocks(model: nn.Module, names: Iterable[str]) -> _Blocks | None:
+    """The list of same-type blocks holding the most of the named layers, if any."""
+    best, most = None, 0
+    for prefix, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) > 1 and len({type(c) for c in m}) == 1:
+            count = sum(1 for n in names if n.startswith(prefix + "."))
+            if count > most:
+                best, most = _Blocks(prefix, list(m)), count
+    return best
+
+
+def _in_block(name: str, blocks: _Blocks) -> bool:
+    return name.startswith(blocks.prefix + ".")
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _no_cache(value):
+    """A key/value cache is written to by every call: a block re-run gets none."""
+    return None if type(value).__name__.endswith("Cache") else value
+
+
+def _block_inputs(model: nn.Module, blocks: _Blocks, runs: Sequence[BatchRun]):
+    """Per batch, each block's (args, kwargs), the first block's hidden state as the
+    model now computes it; None unless every batch runs the blocks once each, in order,
+    each block's first input being the previous block's first output."""
+    n = len(blocks.modules)
+    inputs = []
+    for run in runs:
+        calls: list = []
+        outs: list = []
+        handles = []
+        for i, block in enumerate(blocks.modules):
+            handles.append(block.register_forward_pre_hook(partial(_record_call, calls, i), with_kwargs=True))
+            handles.append(block.register_forward_hook(partial(_record_output, outs, i)))
+        try:
+            run(model)
+        finally:
+            for h in handles:
+                h.remove()
+        if [c[0] for c in calls] != list(range(n)) or [o[0] for o in outs] != list(range(n)):
+            return None
+        if any(not calls[i][1] or calls[i][1][0] is not outs[i - 1][1] for i in range(1, n)):
+            return None
+        inputs.append([(args if i == 0 else (None, *args[1:]),
+                        {k: _no_cache(v) for k, v in kwargs.items()}) for i, args, kwargs in calls])
+    return inputs
+
+
+def _record_call(into: list, i: int, module, args, kwargs) -> None:
+    into.append((i, args, kwargs))
+
+
+def _record_output(into: list, i: int, module, args, output) -> None:
+    into.append((i, _first(output)))
+
+
+def _quantize_blocks(blocks: _Blocks, inputs, modules: Mapping[str, nn.Module], pending: set[str],
+                     commit: Callable[[Mapping[str, LayerHessian]], None]) -> None:
+    """Every pending layer inside the blocks, block by block, from kept hidden states."""
+    hidden = [batch[0][0][0] for batch in inputs]
+    for i, block in enumerate(blocks.modules):
+        calls = [(batch[i][0][1:], batch[i][1]) for batch in inputs]
+        runs = [partial(_run_block, h, args, kwargs) for h, (args, kwargs) in zip(hidden, calls)]
+        mine = {n for n in pending if n.startswith(f"{blocks.prefix}.{i}.")}
+        while mine:
+            group = _next_group(block, modules, mine, runs)
+            if not group:
+                raise ValueError("the calibration data never reaches "
+                                 f"{', '.join(sorted(mine))}: no inputs to quantize them from")
+            commit(group)
+            mine -= set(group)
+        hidden = [_first(run(block)) for run in runs]
+
+
+def _run_block(hidden: torch.Tensor, args: tuple, kwargs: dict, block: nn.Module):
+    return block(hidden, *args, **kwargs)
 
 
 def _next_group(model: nn.Module, modules: Mapping[str, nn.Module], pending: set[str],

@@ -185,3 +185,59 @@ def test_calibrated_quantizers_against_rtn(algorithm):
     else:
         assert torch.equal(bn.running_mean, bn0.running_mean)
         assert torch.equal(applied.model.fc1.bias, bundle.model.fc1.bias)
+
+
+class Stacked(nn.Module):
+    """An embedding, then a list of transformer-like blocks, then a head."""
+
+    def __init__(self, d=16, depth=3):
+        super().__init__()
+        self.emb = nn.Embedding(20, d)
+        self.blocks = nn.ModuleList(Attention(d) for _ in range(depth))
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).mean(1)
+
+
+def test_block_by_block_equals_model_wide_passes(monkeypatch):
+    """Keeping the hidden states between blocks changes the cost, not the result."""
+    import sensitivity.layer_inputs as layer_inputs
+
+    torch.manual_seed(0)
+    model = Stacked().eval()
+    data = [{"ids": torch.randint(0, 20, (6, 10))} for _ in range(2)]
+    bundle = ModelBundle(name="stacked", model=model, calibration=data, forward=lambda m, b: m(b["ids"]),
+                         loss=lambda m, b: m(b["ids"]).pow(2).mean(), evaluate=lambda m: {},
+                         metrics=[Metric("none", higher_is_better=True)])
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    original = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+
+    def run():
+        seen, calls = {}, [0]
+        handle = model.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1))
+
+        def quantize_layer(name, hessian):
+            seen[name] = hessian.xtx.clone()
+            with torch.no_grad():
+                model.get_submodule(name).weight.mul_(0.5)
+
+        try:
+            order = quantize_sequentially(model, names, calibration_runs(bundle), quantize_layer)
+        finally:
+            handle.remove()
+            with torch.no_grad():
+                for n, w in original.items():
+                    model.get_submodule(n).weight.copy_(w)
+        return order, seen, calls[0]
+
+    order, blockwise, model_runs = run()
+    monkeypatch.setattr(layer_inputs, "_find_blocks", lambda model, names: None)
+    order_wide, wide, model_runs_wide = run()
+    assert order == order_wide == names
+    for name in names:
+        assert torch.allclose(blockwise[name], wide[name], rtol=1e-5, atol=1e-5), name
+    assert model_runs < model_runs_wide / 2, (model_runs, model_runs_wide)
