@@ -18,12 +18,17 @@ reuses it): Ω does not depend on the budget.
 
     .venv/bin/python bench/quality.py                 # all models; JSON, docs/results.md, docs/quality.png
     .venv/bin/python bench/quality.py --render        # only redraw the docs from the JSON
+
+With `--quantizer rtn gptq adaquant` it compares the quantizers instead (uniform and
+the `fisher` allocation under each, bench/quantizers.py): bench/results/quantizers.json
+and the quantizer sections of docs/results.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -38,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench import quantizer_report, quantizers  # noqa: E402
 from bench.quality_report import render  # noqa: E402
-from kernels.scheme import QuantScheme  # noqa: E402
+from kernels.scheme import ALGORITHMS, QuantScheme  # noqa: E402
 from sensitivity.engine import compute_table  # noqa: E402
 from sensitivity.layers import discover_layers  # noqa: E402
 from sensitivity.models import load_model  # noqa: E402
@@ -51,6 +57,8 @@ from workers.problem import build_problem, candidate_choices  # noqa: E402
 from workers.spec import JobSpec  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "quality.json"
+QUANTIZER_RESULTS = ROOT / "bench" / "results" / "quantizers.json"
+QUANTIZER_MODELS = ("digits-cnn", "digits-vit", "minilm", "smollm2-135m")
 MODELS = ("digits-cnn", "digits-vit", "minilm")
 BUDGETS = (2.5, 3.0, 3.5, 4.0, 5.0)
 RANDOM_SEEDS = 5
@@ -189,7 +197,10 @@ def quality_of(entry: dict, metric: str) -> float | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--models", nargs="+", choices=QUANTIZER_MODELS,
+                    help=f"default {' '.join(MODELS)} (smollm2-135m: with --quantizer only)")
+    ap.add_argument("--quantizer", nargs="+", choices=ALGORITHMS,
+                    help="compare these quantizers instead (bench/quantizers.py)")
     ap.add_argument("--render", action="store_true", help="only rewrite docs from the JSON")
     ap.add_argument("--no-render", action="store_true", help="write the JSON only")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON (read, updated per model)")
@@ -197,6 +208,11 @@ def main(argv=None) -> int:
                     help="torch threads (default 1: these models are small and the machine shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.quantizer:
+        return main_quantizers(args)
+    args.models = args.models or list(MODELS)
+    if set(args.models) - set(MODELS):
+        ap.error(f"without --quantizer the models are {', '.join(MODELS)}")
     out: Path = args.out
     if args.render:
         render(json.loads(out.read_text()))
@@ -216,6 +232,26 @@ def main(argv=None) -> int:
     if not args.no_render:
         render(results)
     print(f"done; {results['run_seconds']:.0f}s over {len(results['models'])} models; wrote {out}")
+    return 0
+
+
+def main_quantizers(args) -> int:
+    out: Path = QUANTIZER_RESULTS if args.out == RESULTS else args.out
+    if args.render:
+        quantizer_report.render(json.loads(out.read_text()))
+        return 0
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results.setdefault("models", {})
+    for name in args.models or list(QUANTIZER_MODELS):
+        results["models"][name] = quantizers.run_model(name, list(args.quantizer),
+                                                       lambda msg: print(msg, flush=True))
+        results["machine"] = (f"{platform.platform()}, {os.cpu_count()} cores, "
+                              f"{args.threads} torch thread(s)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+    if not args.no_render:
+        quantizer_report.render(results)
+    print(f"done; wrote {out}")
     return 0
 
 

@@ -302,5 +302,8 @@ def plot(results: dict, path: Path) -> None:
 
 
 def render(results: dict) -> None:
-    RESULTS_MD.write_text(markdown(results))
+    from bench.quantizer_report import keep_block  # the quantizer section has its own JSON
+
+    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
+    RESULTS_MD.write_text(keep_block(old, markdown(results)))
     plot(results, PLOT)
