@@ -91,7 +91,7 @@ def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]
         partial = sorted(n for n, k in ks.items() if (k > g and k % g) or k % fmt.inputs_multiple)
         if partial:
             fits = [d for d in (256, 128, 64, 32, 16, 8)
-                    if all((k % d == 0 or k < d) and k % fmt.inputs_multiple == 0 for k in ks.values())]
+                    if all(k % d == 0 and k % fmt.inputs_multiple == 0 for k in ks.values())]
             hint = f"; group_size {fits[0]} divides them all" if fits else ""
             packing = f" and inputs in multiples of {fmt.inputs_multiple}" if fmt.inputs_multiple > 1 else ""
             raise JobError(f"export {fmt.name!r} needs whole groups{packing}: {len(partial)} layers "

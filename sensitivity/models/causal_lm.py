@@ -91,7 +91,7 @@ def load(request: ModelRequest) -> ModelBundle:
     salt = hashlib.sha256(f"{salt}|{FAMILY.name}|seq={SEQUENCE_LENGTH}|v1".encode()).hexdigest() \
         if salt else ""
     return causal_lm_bundle(name, model, calibration, evaluation, description=description,
-                            info=facts, cache_salt=salt)
+                            info=facts, cache_salt=salt, tokenizer=tokenizer)
 
 
 def _folder(request: ModelRequest):
@@ -205,7 +205,7 @@ def next_token_nll(logp: torch.Tensor, batch: Batch) -> tuple[float, int]:
 
 def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
                      evaluation: Sequence[Batch], *, description: str, info: dict | None = None,
-                     cache_salt: str = "") -> ModelBundle:
+                     cache_salt: str = "", tokenizer=None) -> ModelBundle:
     """Calibration batches with `labels` use next-token cross-entropy; otherwise they
     get the full-precision logits as `target` (self-distillation KL). The model is
     switched to eager attention: flash and SDPA kernels have no double backward,
@@ -268,4 +268,5 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
         description=description,
         info={**facts, **(info or {})},
         cache_salt=cache_salt,
+        tokenizer=tokenizer,
     )
