@@ -45,14 +45,17 @@ def main() -> None:
     ap.add_argument("--method", default="fisher")
     ap.add_argument("--budget", default="avg_bits=4", help="KIND=LIMIT")
     ap.add_argument("--pareto-points", type=int, default=16)
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=INT",
+                    help="integer method parameter, e.g. block=4")
     args = ap.parse_args()
     fresh_tables()
     from workers.pipeline import run_job
     from workers.spec import JobSpec
 
     kind, limit = args.budget.split("=")
+    params = {k: int(v) for k, v in (p.split("=") for p in args.param)}
     spec = JobSpec(model=args.model, method=args.method, budgets={kind: float(limit)},
-                   pareto_points=args.pareto_points)
+                   pareto_points=args.pareto_points, method_params=params)
     stages: dict[str, float] = {}
 
     def progress(stage: str, fraction: float, message: str) -> None:
@@ -65,7 +68,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     q = result.quality
     entry = {
-        "model": args.model, "method": args.method, "budget": args.budget,
+        "model": args.model, "method": args.method, "budget": args.budget, "params": params,
         "pareto_points": args.pareto_points, "wall_s": round(wall, 1),
         "stage_s": {k: round(v, 1) for k, v in result.timings.items()},
         "peak_rss_mb_by_stage_end": stages,
@@ -81,7 +84,7 @@ def main() -> None:
     print(json.dumps(entry, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    saved[f"{args.model} {args.method} {args.budget}"] = entry
+    saved[" ".join([args.model, args.method, args.budget, *args.param])] = entry
     RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
 
 
