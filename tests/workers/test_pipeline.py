@@ -3,7 +3,7 @@
 import pytest
 
 from kernels.fake_quant import fake_quantize_model
-from kernels.quantizer import QuantConfig
+from kernels.scheme import QuantConfig
 from workers.pipeline import JobError, run_job
 from workers.spec import JobSpec
 
