@@ -5,6 +5,7 @@ and Celery workers."""
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -53,6 +54,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     `model_source` / `data_source`: the uploaded model (then `spec.model` is its
     name) and calibration data, when the job names uploads."""
     timings: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}
     weights: QuantizedWeights | None = None  # the job's quantized weights, once the layers are known
 
     def stage(name: str):
@@ -63,6 +65,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
 
     def done(name: str):
         timings[name] = time.perf_counter() - timings[name]
+        peak_rss[name] = peak_rss_mb()
         progress(name, 1.0, f"{name} done in {timings[name]:.1f}s")
 
     stage("load")
@@ -153,7 +156,13 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         write_artifact(bundle, spec, result, Path(artifact_dir), weights)
         done("artifact")
     result.timings.update(timings)
+    result.peak_rss_mb.update(peak_rss)
     return result
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _frontier_kind(spec: JobSpec) -> str:

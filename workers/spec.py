@@ -240,3 +240,5 @@ class JobResult(BaseModel):
     quality_search: QualitySearch | None = None  # the max_quality_drop bisection
     sensitivity: dict[str, Any]  # estimator metadata: method, params, HVPs, seconds
     timings: dict[str, float]  # seconds per stage
+    # the process's peak resident memory (MB) at the end of each stage
+    peak_rss_mb: dict[str, float] = Field(default_factory=dict)

@@ -49,6 +49,8 @@ def print_report(result) -> None:
             print(f"  {k} ({metric(q, k).direction} is better): full precision {q.full_precision[k]:.4g} | "
                   f"uniform {q.uniform[k]:.4g} | allocation {q.allocation[k]:.4g}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    if result.peak_rss_mb:
+        print("peak memory: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in result.peak_rss_mb.items()))
 
 
 def print_frontier(result) -> None:

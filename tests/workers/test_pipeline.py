@@ -66,6 +66,16 @@ def test_progress_reports_every_stage(digits_result):
         assert stage in names and (stage, 1.0) in stages
 
 
+def test_peak_memory_is_reported_per_stage(digits_result):
+    import resource
+
+    result, _ = digits_result
+    peaks = result.peak_rss_mb
+    assert list(peaks) == list(result.timings)  # every stage that ran
+    assert all(b >= a > 0 for a, b in zip(list(peaks.values()), list(peaks.values())[1:]))
+    assert peaks["evaluate"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def test_pins_exclusions_and_size_budget(digits_bundle):
     result = run_job(spec(budgets={"size_mb": 0.05}, overrides={"pins": {"fc2": 8}, "exclude": ["stem.0"]}))
     bits = {layer.name: layer.w_bits for layer in result.layers}
