@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kernels.export.formats import export_format
 from kernels.export.registry import write_export
+from kernels.gptq import CalibrationError
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
@@ -98,6 +99,8 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     try:
         table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
                               dict(spec.method_params), progress, weights=weights)
+    except CalibrationError as exc:  # the calibration data cannot support GPTQ / AdaQuant
+        raise JobError(str(exc)) from None
     except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
     done("sensitivity")

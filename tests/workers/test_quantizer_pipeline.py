@@ -68,3 +68,22 @@ def test_a_second_budget_reuses_the_table(jobs):
     again = run_job(spec("gptq", 3.5))
     assert again.sensitivity["cache_hit"] is True
     assert again.sensitivity["cache_key"] == jobs["gptq"][0].sensitivity["cache_key"]
+
+
+def test_calibration_too_small_for_the_hessian_fails_the_job_with_the_reason(monkeypatch):
+    """No damping and one calibration image: the layers' Hessians are singular."""
+    from sensitivity import models
+    from workers.pipeline import JobError
+
+    load = models.load_bundle
+
+    def few_images(*args, **kwargs):
+        bundle = load(*args, **kwargs)
+        bundle.calibration = [{k: v[:1] for k, v in bundle.calibration[0].items()}]
+        return bundle
+
+    monkeypatch.setattr("workers.pipeline.load_bundle", few_images)
+    undamped = {"algorithm": "gptq", "damping": 0.0}
+    bad = JobSpec.model_validate({**spec("gptq").model_dump(), "quant": undamped})
+    with pytest.raises(JobError, match="not positive definite even with damping 0.0"):
+        run_job(bad)
