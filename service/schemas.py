@@ -192,6 +192,7 @@ class ManifestPublic(BaseModel):
     methods: list[MethodInfo]
     weight_bits: list[int]
     budgets: list[str]
+    quantizers: list[str]
     exports: list[ExportInfo]
 
 

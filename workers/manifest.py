@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any
 
 from kernels.export.formats import EXPORT_FORMATS
-from kernels.scheme import WEIGHT_BITS
+from kernels.scheme import ALGORITHMS, WEIGHT_BITS
 from sensitivity.catalog import BUILTIN_MODELS, FAMILIES, model_names
 from sensitivity.methods import describe as describe_methods
 from workers.spec import BUDGET_KEYS
@@ -33,6 +33,7 @@ def manifest() -> dict[str, Any]:
         "methods": describe_methods(),
         "weight_bits": list(WEIGHT_BITS),
         "budgets": list(BUDGET_KEYS),
+        "quantizers": list(ALGORITHMS),  # the algorithms that pick the integers (quant.algorithm)
         # what each export format holds (kernels.export.formats)
         "exports": [{"name": f.name, "description": f.description, "weight_bits": list(f.widths),
                      "symmetric_only": bool(f.symmetric)} for f in EXPORT_FORMATS.values()],

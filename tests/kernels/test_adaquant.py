@@ -20,14 +20,7 @@ from kernels.hessian import LayerHessian
 from kernels.quantizer import quantize
 from kernels.scheme import QuantConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These layers are tiny: one thread is faster than two fighting over a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny layers: one thread is faster
 
 def layer(out=32, k=64, rows=400, seed=0, offset=0.0):
     gen = torch.Generator().manual_seed(seed)

@@ -18,13 +18,7 @@ WIDTHS = [2, 3, 4, 5, 6, 8]
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These layers are tiny: one thread is faster than two fighting over a busy box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny layers: one thread is faster
 
 def correlated_layer(out=48, k=96, rows=600, seed=0):
     """A weight and a Hessian of correlated inputs (as real activations are)."""

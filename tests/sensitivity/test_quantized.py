@@ -15,13 +15,7 @@ from sensitivity.layer_inputs import calibration_runs, collect_hessians, quantiz
 from sensitivity.metrics import Metric
 from sensitivity.quantized import QuantizedWeights
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny layers: one thread is faster
 
 
 class Attention(nn.Module):
