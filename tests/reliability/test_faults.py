@@ -8,6 +8,7 @@ tests/service/test_integration.py already kills the embedded worker on SQLite.""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -44,9 +45,11 @@ pytestmark = pytest.mark.slow
 
 
 def slow_job(seed: int) -> dict:
-    """A job that computes its sensitivity (its own seed: no cache), so it stays
-    running for a few seconds; jobs with seed 0 reuse one cached table and are quick."""
-    return {**JOB, "seed": seed}
+    """A job that computes its sensitivity, so it stays running for a few seconds: its
+    parameters are its own (the table cache key holds the method parameters, not the
+    job's seed), so no table cached by an earlier job or run can make it quick."""
+    params = {**JOB["method_params"], "tol": round(0.2 + random.random() * 1e-4, 9)}
+    return {**JOB, "seed": seed, "method_params": params}
 
 
 class RedisServer:
