@@ -15,6 +15,12 @@ from dataclasses import asdict, dataclass
 WEIGHT_BITS = (2, 3, 4, 5, 6, 8, 16)
 FULL_PRECISION_BITS = 16  # "left in 16-bit"
 ACTIVATION_BITS = 16  # activations stay in 16-bit until activation quantization is asked for
+# activation widths a job can allow for the input of a quantizable layer (16: not quantized)
+ACTIVATION_WIDTHS = (4, 6, 8, 16)
+# static per-tensor ranges from the calibration inputs: min/max, a percentile of |values|
+# at both ends, or the clip that minimises the squared error; or dynamic per-token ranges
+ACTIVATION_RANGES = ("minmax", "percentile", "mse")
+ACTIVATION_MODES = ("static", "dynamic")
 SCALE_BITS = 16  # fp16 scales
 # the algorithm that picks the integers: round-to-nearest, GPTQ (column updates with the
 # inverse Hessian of the layer inputs), AdaQuant-style layer-wise calibration
@@ -45,6 +51,47 @@ def check_weight_bits(bits: int) -> int:
     if bits not in WEIGHT_BITS:
         raise ValueError(f"weight bits must be one of {list(WEIGHT_BITS)}, got {bits}")
     return bits
+
+
+def check_activation_bits(bits: int) -> int:
+    if bits not in ACTIVATION_WIDTHS:
+        raise ValueError(f"activation bits must be one of {list(ACTIVATION_WIDTHS)}, got {bits}")
+    return bits
+
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    """How the input of a layer whose choice has a_bits < 16 is quantized (`kernels.activation`).
+
+    `mode` "static": one scale (and zero point) per tensor, calibrated on the calibration
+    inputs with `range` "minmax" (their min and max), "percentile" (the `percentile`-th
+    percentile at the top and its mirror at the bottom) or "mse" (the clip of the min/max
+    range that minimises ‖a − Q(a)‖² at each width). `mode` "dynamic": per-token ranges
+    (each position's min/max over its features) computed at run time, no calibration; only
+    "minmax" applies. `symmetric`: zero point 0, codes in [−(2^(b−1)−1), 2^(b−1)−1]."""
+
+    mode: str = "static"
+    range: str = "minmax"
+    symmetric: bool = False
+    percentile: float = 99.99
+
+    def __post_init__(self):
+        if self.mode not in ACTIVATION_MODES:
+            raise ValueError(f"activation mode must be one of {ACTIVATION_MODES}, got {self.mode!r}")
+        if self.range not in ACTIVATION_RANGES:
+            raise ValueError(f"activation range must be one of {ACTIVATION_RANGES}, got {self.range!r}")
+        if self.mode == "dynamic" and self.range != "minmax":
+            raise ValueError("dynamic (per-token) activation ranges are each token's min/max: "
+                             f"range {self.range!r} needs mode 'static'")
+        if not 50 < self.percentile <= 100:
+            raise ValueError(f"activation percentile must be in (50, 100], got {self.percentile}")
+
+    def as_dict(self) -> dict:
+        """The settings that determine the quantizer (the percentile only where it is used)."""
+        out = {"mode": self.mode, "range": self.range, "symmetric": self.symmetric}
+        if self.range == "percentile":
+            out["percentile"] = self.percentile
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,6 +151,9 @@ class QuantScheme:
     block_size: int = 128
     adaquant_steps: int = 100
     adaquant_lr: float = 0.01
+    # the inputs of layers whose choice has a_bits < 16; not in `as_dict` (the weight grid):
+    # the sensitivity cache key adds it only when a table holds such choices
+    activation: ActivationScheme = ActivationScheme()
 
     def __post_init__(self):
         if self.group_size < 1:

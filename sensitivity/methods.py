@@ -279,6 +279,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
+# the methods that also estimate the sensitivity of a layer's input activations (a_bits < 16):
+# hawq_v2 (Hessian trace w.r.t. the input), fisher (its Gauss–Newton trace), empirical (measured)
+ACTIVATION_METHODS = ("hawq_v2", "fisher", "empirical")
+
+
+def check_activation_method(method: str) -> None:
+    if method not in ACTIVATION_METHODS:
+        raise ValueError(f"method {method!r} does not estimate activation sensitivity; with "
+                         f"activation bits below 16 use one of {', '.join(ACTIVATION_METHODS)}")
+
+
 def method_names() -> list[str]:
     return sorted(METHODS)
 

@@ -7,8 +7,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kernels.export.formats import EXPORT_FORMATS, export_format
-from kernels.scheme import ALGORITHMS, WEIGHT_BITS, QuantScheme, check_weight_bits
-from sensitivity.methods import get_method, parse_method_params
+from kernels.scheme import (
+    ACTIVATION_BITS,
+    ACTIVATION_MODES,
+    ACTIVATION_RANGES,
+    ALGORITHMS,
+    WEIGHT_BITS,
+    ActivationScheme,
+    QuantScheme,
+    check_activation_bits,
+    check_weight_bits,
+)
+from sensitivity.methods import check_activation_method, get_method, parse_method_params
 
 BUDGET_KEYS = ("avg_bits", "size_bytes", "size_mb", "bops", "latency_ms", "max_quality_drop")
 MB = 1_000_000  # budgets in MB are decimal megabytes
@@ -16,6 +26,25 @@ MB = 1_000_000  # budgets in MB are decimal megabytes
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ActivationSettings(_Strict):
+    """How the inputs of layers at a_bits < 16 are quantized (`kernels.scheme.ActivationScheme`):
+    static per-tensor ranges calibrated by `range` (minmax | percentile | mse), or dynamic
+    per-token ranges; symmetric or asymmetric."""
+
+    mode: Literal[ACTIVATION_MODES] = "static"
+    range: Literal[ACTIVATION_RANGES] = "minmax"
+    symmetric: bool = False
+    percentile: float = Field(ActivationScheme.percentile, gt=50, le=100)  # range percentile
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        self.scheme()  # dynamic ranges with a clipping method: refused with the reason
+        return self
+
+    def scheme(self) -> ActivationScheme:
+        return ActivationScheme(self.mode, self.range, self.symmetric, self.percentile)
 
 
 class QuantSettings(_Strict):
@@ -32,11 +61,13 @@ class QuantSettings(_Strict):
     block_size: int = Field(QuantScheme.block_size, ge=1, le=65536)  # gptq, adaquant
     adaquant_steps: int = Field(QuantScheme.adaquant_steps, ge=0, le=10_000)
     adaquant_lr: float = Field(QuantScheme.adaquant_lr, gt=0, le=1)
+    # the inputs of layers whose a_bits < 16 (JobSpec.activation_bits)
+    activation: ActivationSettings = Field(default_factory=ActivationSettings)
 
     def scheme(self) -> QuantScheme:
         return QuantScheme(self.group_size, self.symmetric, self.mse_clip, self.algorithm,
                            self.damping, self.act_order, self.block_size, self.adaquant_steps,
-                           self.adaquant_lr)
+                           self.adaquant_lr, activation=self.activation.scheme())
 
 
 class Overrides(_Strict):
@@ -45,6 +76,18 @@ class Overrides(_Strict):
     pins: dict[str, int] = Field(default_factory=dict, max_length=10_000)
     allowed: dict[str, list[int]] = Field(default_factory=dict, max_length=10_000)
     exclude: list[str] = Field(default_factory=list, max_length=10_000)
+    # per-layer activation widths, in place of the job's activation_bits for that layer
+    activation_bits: dict[str, list[int]] = Field(default_factory=dict, max_length=10_000)
+
+    @field_validator("activation_bits")
+    @classmethod
+    def _activation_bits(cls, allowed):
+        for name, bits in allowed.items():
+            if not bits:
+                raise ValueError(f"activation widths for {name!r} are empty")
+            for b in bits:
+                check_activation_bits(b)
+        return {name: sorted(set(bits)) for name, bits in allowed.items()}
 
     @field_validator("pins")
     @classmethod
@@ -70,6 +113,10 @@ class JobSpec(_Strict):
     method_params: dict[str, Any] = Field(default_factory=dict, max_length=50)
     budgets: dict[str, float] = Field(min_length=1, max_length=len(BUDGET_KEYS))
     weight_bits: list[int] = Field(default_factory=lambda: list(WEIGHT_BITS), min_length=1)
+    # activation widths each layer's input may take (16: not quantized); any below 16 add
+    # (w_bits, a_bits) choices: hawq_v2, fisher and empirical estimate their sensitivity
+    activation_bits: list[int] = Field(default_factory=lambda: [ACTIVATION_BITS], min_length=1,
+                                       max_length=8)
     quant: QuantSettings = Field(default_factory=QuantSettings)
     overrides: Overrides = Field(default_factory=Overrides)
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -118,6 +165,18 @@ class JobSpec(_Strict):
     def _weight_bits(cls, bits):
         return sorted({check_weight_bits(b) for b in bits})
 
+    @field_validator("activation_bits")
+    @classmethod
+    def _activation_bits(cls, bits):
+        return sorted({check_activation_bits(b) for b in bits})
+
+    def quantizes_activations(self) -> bool:
+        """True when some layer may take a_bits < 16."""
+        widths = set(self.activation_bits)
+        for bits in self.overrides.activation_bits.values():
+            widths |= set(bits)
+        return min(widths) < ACTIVATION_BITS
+
     @model_validator(mode="after")
     def _consistent(self):
         avg = self.budgets.get("avg_bits")
@@ -133,6 +192,11 @@ class JobSpec(_Strict):
         for bits in self.overrides.allowed.values():
             widths |= set(bits)
         fmt.check_spec(sorted(widths), self.quant.symmetric)
+        if self.quantizes_activations():
+            check_activation_method(self.method)
+            if self.export != "bitalloc":
+                raise ValueError(f"export {self.export!r} does not store activation quantization; "
+                                 "activation bits below 16 need export 'bitalloc'")
         top = self.budgets.get("max_quality_drop")
         if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
             raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")
