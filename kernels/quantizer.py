@@ -51,6 +51,9 @@ def as_matrix(weight: torch.Tensor) -> torch.Tensor:
 
 def quantize(weight: torch.Tensor, config: QuantConfig) -> QuantizedWeight:
     """Quantize `weight` (any float dtype) to integer codes; requires bits < 16."""
+    if config.grid == "gguf":
+        raise ValueError("the gguf grid stores GGUF blocks, not uniform groups: its codes come "
+                         "from kernels.gguf_quants.encode (export 'gguf-plan')")
     if not config.quantized:
         raise ValueError("16-bit is not quantized; keep the weight as it is")
     w = as_matrix(weight.detach()).float()
@@ -75,7 +78,12 @@ def sixteen_bit_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Q_b(W): quantize then dequantize, same shape and dtype as `weight`. At 16 bits
-    the weight is rounded to its 16-bit storage dtype, as the artifact stores it."""
+    the weight is rounded to its 16-bit storage dtype, as the artifact stores it. On the
+    gguf grid: the weight through its GGUF type (`kernels.gguf_quants`; 16 bits is F16)."""
+    if config.grid == "gguf":
+        from kernels.gguf_quants import fake_quantize as gguf_fake_quantize
+
+        return gguf_fake_quantize(weight, config)
     if not config.quantized:
         return weight.detach().to(sixteen_bit_dtype(weight.dtype)).to(weight.dtype)
     return quantize(weight, config).dequantize(weight.dtype)
@@ -87,6 +95,10 @@ def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
     For float32 weights the error is taken in the group layout, without building
     the codes and the dequantized matrix (the sensitivity methods need it for
     every layer and width; a 30522×384 embedding would otherwise dominate)."""
+    if config.grid == "gguf":
+        from kernels.gguf_quants import quantization_error as gguf_quantization_error
+
+        return gguf_quantization_error(weight, config)
     if not config.quantized or weight.dtype != torch.float32:
         delta = fake_quantize(weight, config).double() - weight.detach().double()
         return float(delta.pow(2).sum())

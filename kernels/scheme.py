@@ -32,6 +32,9 @@ ALGORITHM_FIELDS = {
     "gptq": ("damping", "act_order", "block_size"),
     "adaquant": ("damping", "act_order", "block_size", "adaquant_steps", "adaquant_lr"),
 }
+# the grid a weight is stored on: bitalloc's uniform groups (`group`, the default) or
+# llama.cpp's GGUF block types (`gguf`, see GGUF_TYPES below; exported by `gguf-plan`)
+GRIDS = ("group", "gguf")
 
 Choice = tuple[int, int]
 """(w_bits, a_bits) of one layer."""
@@ -102,12 +105,15 @@ class QuantConfig:
     group_size: int = 128
     symmetric: bool = False
     mse_clip: bool = False
+    grid: str = "group"  # "gguf": the GGUF type `gguf_type(bits, K)` (group_size unused)
 
     def __post_init__(self):
         if self.bits not in WEIGHT_BITS:
             raise ValueError(f"bits must be one of {WEIGHT_BITS}, got {self.bits}")
         if self.group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
 
     @property
     def quantized(self) -> bool:
@@ -140,6 +146,10 @@ class QuantScheme:
     see `kernels.gptq`); `block_size` is GPTQ's lazy-update block. AdaQuant starts from
     GPTQ's result and runs `adaquant_steps` Adam steps of learning rate `adaquant_lr`
     (in grid steps) on the layer's output error (`kernels.adaquant`).
+
+    `grid="gguf"` stores each weight as llama.cpp's GGUF type for its width and row
+    length (`gguf_type`); it is quantized by that type's own encoder (`kernels.gguf_quants`,
+    round to nearest only), so group_size, symmetric and mse_clip do not apply.
     """
 
     group_size: int = 128
@@ -154,6 +164,7 @@ class QuantScheme:
     # the inputs of layers whose choice has a_bits < 16; not in `as_dict` (the weight grid):
     # the sensitivity cache key adds it only when a table holds such choices
     activation: ActivationScheme = ActivationScheme()
+    grid: str = "group"  # "gguf": llama.cpp's GGUF types (see the docstring)
 
     def __post_init__(self):
         if self.group_size < 1:
@@ -169,6 +180,16 @@ class QuantScheme:
             raise ValueError(f"adaquant_steps must be >= 0, got {self.adaquant_steps}")
         if not self.adaquant_lr > 0:
             raise ValueError(f"adaquant_lr must be positive, got {self.adaquant_lr}")
+        if self.grid not in GRIDS:
+            raise ValueError(f"grid must be one of {GRIDS}, got {self.grid!r}")
+        if self.grid == "gguf":
+            if self.algorithm != "rtn":
+                raise ValueError(f"the gguf grid quantizes with each GGUF type's own encoder "
+                                 f"(round to nearest): algorithm {self.algorithm!r} cannot run "
+                                 "on it; use 'rtn'")
+            if self.symmetric or self.mse_clip:
+                raise ValueError("the gguf grid's types fix their own scales and offsets: "
+                                 "symmetric and mse_clip do not apply to it")
 
     @property
     def calibrated(self) -> bool:
@@ -176,7 +197,14 @@ class QuantScheme:
         return self.algorithm != "rtn"
 
     def config(self, bits: int) -> QuantConfig:
-        return QuantConfig(bits, self.group_size, self.symmetric, self.mse_clip)
+        return QuantConfig(bits, self.group_size, self.symmetric, self.mse_clip, self.grid)
+
+    def widths_for(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The weight widths a layer of this shape can be stored at on the grid (the gguf
+        grid serves a width only where its own type fits the row, `gguf_widths`)."""
+        if self.grid == "gguf":
+            return gguf_widths(math.prod(shape[1:]))
+        return WEIGHT_BITS
 
     def for_choice(self, choice: Choice) -> QuantConfig:
         return self.config(choice[0])
@@ -186,7 +214,78 @@ class QuantScheme:
         sensitivity cache key and the artifact record)."""
         fields = asdict(self)
         keep = ("group_size", "symmetric", "mse_clip", "algorithm", *ALGORITHM_FIELDS[self.algorithm])
-        return {k: fields[k] for k in keep}
+        out = {k: fields[k] for k in keep}
+        if self.grid != "group":  # the group grid's keys stay the ones they always were
+            out["grid"] = self.grid
+        return out
+
+
+# --- the GGUF grid (llama.cpp's block types) -------------------------------------
+
+
+@dataclass(frozen=True)
+class GGUFType:
+    """One of llama.cpp's tensor types: `block` weights along a row stored in `block_bytes`
+    bytes (scales, offsets and codes together, so bits per weight is the true figure)."""
+
+    name: str  # ggml's name, upper case (llama-quantize reads it case-insensitively)
+    block: int
+    block_bytes: int
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8 * self.block_bytes / self.block
+
+    def fits(self, k: int) -> bool:
+        """True when a row of `k` weights is whole blocks of this type."""
+        return k % self.block == 0
+
+
+QK_K = 256  # the k-quants' super-block
+GGUF_TYPES: dict[str, GGUFType] = {t.name: t for t in (
+    GGUFType("Q2_K", QK_K, 84),  # 2.625 bpw
+    GGUFType("Q3_K", QK_K, 110),  # 3.4375
+    GGUFType("Q4_K", QK_K, 144),  # 4.5
+    GGUFType("Q5_K", QK_K, 176),  # 5.5
+    GGUFType("Q6_K", QK_K, 210),  # 6.5625
+    GGUFType("Q4_0", 32, 18),  # 4.5
+    GGUFType("Q4_1", 32, 20),  # 5.0
+    GGUFType("Q5_0", 32, 22),  # 5.5
+    GGUFType("Q5_1", 32, 24),  # 6.0
+    GGUFType("Q8_0", 32, 34),  # 8.5
+    GGUFType("F16", 1, 2),
+    GGUFType("F32", 1, 4),  # norms and other 1-D tensors
+)}
+# the type of each width: a k-quant where the row is whole 256-blocks, else the
+# 32-block type of the same width
+GGUF_K_TYPES = {2: "Q2_K", 3: "Q3_K", 4: "Q4_K", 5: "Q5_K", 6: "Q6_K", 8: "Q8_0", 16: "F16"}
+GGUF_BLOCK32_TYPES = {4: "Q4_0", 5: "Q5_0", 8: "Q8_0", 16: "F16"}
+# llama.cpp's own fallback for a k-quant on a row that is not whole 256-blocks
+# (tensor_type_fallback in src/llama-quant.cpp): what a width with no 32-block type of its
+# own becomes there, so a uniform 2-bit model is what `llama-quantize --pure Q2_K` writes
+GGUF_FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+def gguf_widths(k: int) -> tuple[int, ...]:
+    """The widths a row of `k` weights can take on the gguf grid, each as its own type:
+    every width on whole 256-blocks, 4/5/8/16 on whole 32-blocks, else 16 only."""
+    if k % QK_K == 0:
+        return tuple(GGUF_K_TYPES)
+    if k % 32 == 0:
+        return tuple(GGUF_BLOCK32_TYPES)
+    return (FULL_PRECISION_BITS,)
+
+
+def gguf_type(bits: int, k: int) -> GGUFType:
+    """The GGUF type a weight with rows of `k` values takes at width `bits`. A width
+    `gguf_widths(k)` does not serve (the problem builder never offers it) takes
+    llama.cpp's fallback type, then F16, as llama-quantize would."""
+    check_weight_bits(bits)
+    if k % QK_K == 0:
+        return GGUF_TYPES[GGUF_K_TYPES[bits]]
+    name = GGUF_BLOCK32_TYPES.get(bits) or GGUF_FALLBACK[GGUF_K_TYPES[bits]]
+    t = GGUF_TYPES[name]
+    return t if t.fits(k) else GGUF_TYPES["F16"]
 
 
 # --- stored bits of one weight ---------------------------------------------------
@@ -201,6 +300,9 @@ def weight_bits(shape: tuple[int, ...], config: QuantConfig) -> int:
     The weight is viewed as (rows = dim 0, K = the rest), grouped along K."""
     rows = shape[0]
     k = math.prod(shape[1:])
+    if config.grid == "gguf":
+        t = gguf_type(config.bits, k)
+        return rows * (k // t.block) * t.block_bytes * 8
     if not config.quantized:
         return rows * k * FULL_PRECISION_BITS
     overhead = rows * num_groups(k, config) * (SCALE_BITS + config.zero_bits)

@@ -39,6 +39,8 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
             widths = {FULL_PRECISION_BITS}
         else:
             widths = set(ov.allowed.get(layer.name, spec.weight_bits))
+            # the widths the grid stores for this shape (the gguf grid: whose type fits the rows)
+            widths = widths & set(scheme.widths_for(layer.shape)) or {FULL_PRECISION_BITS}
         if layer.name in ov.pins:
             widths.add(ov.pins[layer.name])
         options = {
@@ -74,6 +76,8 @@ def export_keeps_16_bit(spec: JobSpec, layers: Sequence[LayerInfo]) -> list[str]
 def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
     """Refuse, before any work, a model the job's export format cannot hold."""
     fmt = export_format(spec.export)
+    if fmt.grid == "gguf":
+        _check_gguf(spec, bundle, layers)
     if fmt.hf_folder and not hasattr(bundle.model, "save_pretrained"):
         raise JobError(f"export {fmt.name!r} writes a Hugging Face model folder; {bundle.name} "
                        "is not a transformers model (use export 'bitalloc')")
@@ -97,6 +101,26 @@ def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]
             raise JobError(f"export {fmt.name!r} needs whole groups{packing}: {len(partial)} layers "
                            f"have inputs that do not fit group_size {g} ({partial[0]}: "
                            f"{ks[partial[0]]}){hint}")
+
+
+def _check_gguf(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
+    """gguf-plan: an architecture llama.cpp's converter names, and pins or allowed widths
+    whose GGUF type fits the layer's rows."""
+    from kernels.export.gguf_plan import tensor_names
+
+    try:
+        tensor_names(bundle.model)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    scheme, ov = spec.quant.scheme(), spec.overrides
+    for layer in layers:
+        asked = set(ov.allowed.get(layer.name, ())) | ({ov.pins[layer.name]} if layer.name in ov.pins else set())
+        served = scheme.widths_for(layer.shape)
+        if asked - set(served):
+            k = math.prod(layer.shape[1:])
+            raise JobError(f"export 'gguf-plan': {layer.name} has rows of {k} weights, which GGUF "
+                           f"types hold at {list(served)} bits only (k-quants need rows of whole "
+                           f"256-blocks); its overrides ask for {sorted(asked - set(served))}")
 
 
 def check_overrides(spec: JobSpec, layers: Sequence[LayerInfo]) -> None:

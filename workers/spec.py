@@ -12,6 +12,7 @@ from kernels.scheme import (
     ACTIVATION_MODES,
     ACTIVATION_RANGES,
     ALGORITHMS,
+    GRIDS,
     WEIGHT_BITS,
     ActivationScheme,
     QuantScheme,
@@ -61,13 +62,15 @@ class QuantSettings(_Strict):
     block_size: int = Field(QuantScheme.block_size, ge=1, le=65536)  # gptq, adaquant
     adaquant_steps: int = Field(QuantScheme.adaquant_steps, ge=0, le=10_000)
     adaquant_lr: float = Field(QuantScheme.adaquant_lr, gt=0, le=1)
+    # the weight grid: uniform groups, or llama.cpp's GGUF types (set by export gguf-plan)
+    grid: Literal[GRIDS] = "group"
     # the inputs of layers whose a_bits < 16 (JobSpec.activation_bits)
     activation: ActivationSettings = Field(default_factory=ActivationSettings)
 
     def scheme(self) -> QuantScheme:
         return QuantScheme(self.group_size, self.symmetric, self.mse_clip, self.algorithm,
                            self.damping, self.act_order, self.block_size, self.adaquant_steps,
-                           self.adaquant_lr, activation=self.activation.scheme())
+                           self.adaquant_lr, activation=self.activation.scheme(), grid=self.grid)
 
 
 class Overrides(_Strict):
@@ -192,6 +195,7 @@ class JobSpec(_Strict):
         for bits in self.overrides.allowed.values():
             widths |= set(bits)
         fmt.check_spec(sorted(widths), self.quant.symmetric)
+        self._check_grid(fmt)
         if self.quantizes_activations():
             check_activation_method(self.method)
             if self.export != "bitalloc":
@@ -201,6 +205,21 @@ class JobSpec(_Strict):
         if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
             raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")
         return self
+
+    def _check_grid(self, fmt) -> None:
+        """The export format's grid is the job's (gguf-plan: the GGUF types); a grid set
+        against the format, or a quantizer the grid cannot run, is refused."""
+        q = self.quant
+        if q.grid != fmt.grid:
+            if "grid" in q.model_fields_set:
+                owner = next(f.name for f in EXPORT_FORMATS.values() if f.grid == q.grid)
+                raise ValueError(f"export {fmt.name!r} stores the {fmt.grid!r} grid, not "
+                                 f"quant.grid {q.grid!r} (export {owner!r} does)")
+            q.grid = fmt.grid
+        try:
+            q.scheme()
+        except ValueError as exc:
+            raise ValueError(f"export {fmt.name!r}: {exc}") from None
 
     def quality_drop_range(self) -> tuple[float, float] | None:
         top = self.budgets.get("max_quality_drop")

@@ -22,6 +22,7 @@ class ExportFormat:
     quantizes_lm_head: bool = True
     fused_ties: bool = False  # q/k/v and gate/up share their bits (the engine fuses them)
     hf_folder: bool = False  # writes a Hugging Face model folder (needs a transformers model)
+    grid: str = "group"  # the weight grid it stores (kernels.scheme.GRIDS): a job uses it
 
     def check_spec(self, weight_bits: list[int], symmetric: bool) -> None:
         """Raise ValueError with the reason when a job's settings cannot be exported."""
@@ -51,6 +52,12 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  quantizes_embeddings=False,
                  layer_kinds=("linear", "embedding"), quantizes_lm_head=False, fused_ties=True,
                  hf_folder=True),
+    # llama.cpp: each tensor's GGUF type for `llama-quantize --tensor-type-file`; the job is
+    # measured on the GGUF types themselves (kernels.gguf_quants), each layer offered the
+    # widths whose type fits its rows (kernels.scheme.gguf_widths)
+    ExportFormat("gguf-plan", "llama.cpp tensor-type plan (GGUF type of every tensor, for "
+                 "llama-quantize --tensor-type-file) and the exact llama-quantize command",
+                 WEIGHT_BITS, layer_kinds=("linear", "embedding"), grid="gguf"),
 )}
 
 

@@ -31,6 +31,15 @@ def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig]
         from kernels.artifact import save_artifact
 
         return save_artifact(model, configs, out, allocation_json, quantized)
+    if name == "gguf-plan":
+        from kernels.export.gguf_file import GGUF_FILE, can_write, write_gguf
+        from kernels.export.gguf_plan import export_gguf_plan
+
+        export_gguf_plan(model, configs, out)
+        if can_write(model):  # the evaluated values themselves, readable by any GGUF reader
+            write_gguf(model, configs, out / GGUF_FILE)
+        (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
+        return out
     from kernels.export.compressed_tensors import export_compressed_tensors
     from kernels.export.gptq import export_gptq
     from kernels.layout import quantizer_view
