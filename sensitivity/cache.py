@@ -27,7 +27,7 @@ from sensitivity.layers import LayerInfo
 from sensitivity.paths import atomic_write_bytes, cache_dir
 from sensitivity.table import Choice, SensitivityTable
 
-FORMAT = 2  # 2: interlayer with measured pairs measures its per-layer terms too
+FORMAT = 3  # 2: interlayer with measured pairs measures its per-layer terms too; 3: lrp with AttnLRP rules
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:

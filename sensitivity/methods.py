@@ -22,6 +22,7 @@ TRACE_ENGINES = ("auto", "hvp", "jvp", "gn", "gn_joint")
 FISHER_ENGINES = ("auto", "gn", "gn_joint")
 BACKENDS = ("bitalloc", "pyhessian")
 LRP_RULES = ("auto", "captum", "modified_gradient")
+LRP_ATTENTION = ("attnlrp", "constant")
 PAIR_MODES = ("hessian", "measured")
 _JSON_TYPES = {"int": "integer", "float": "number", "str": "string"}
 
@@ -188,10 +189,13 @@ class EmpiricalConfig(MethodConfig):
 class LRPConfig(MethodConfig):
     rules: str = _choice("auto", LRP_RULES)  # auto: captum without LayerNorm, else modified_gradient
     eps: float = 1e-6  # epsilon rule
+    # modified_gradient's softmax: AttnLRP's rule, or attention weights held constant (CP-LRP)
+    attention: str = _choice("attnlrp", LRP_ATTENTION)
 
     def __post_init__(self):
         check_one_of("rules", self.rules, LRP_RULES)
         check_positive("eps", self.eps)
+        check_one_of("attention", self.attention, LRP_ATTENTION)
 
 
 _TRACE_NAMES = HawqV2Config.accepted()

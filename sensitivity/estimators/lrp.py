@@ -3,9 +3,12 @@ from layer-wise relevance propagation over the calibration data, Σ|R| at the
 layer's output normalised so Σ_l R_l = 1.
 
 Params (`sensitivity.methods.LRPConfig`): rules ("auto": captum for models without
-LayerNorm, modified_gradient otherwise; "captum"; "modified_gradient"), eps
-(epsilon rule, default 1e-6). layer_stats carry R_l and `conservation` = Σ R at
-the layer / output relevance.
+LayerNorm/RMSNorm/attention that give their inputs, modified_gradient otherwise;
+"captum"; "modified_gradient": the AttnLRP rules of `sensitivity.lrp.modified_gradient`),
+eps (epsilon rule, default 1e-6), attention (modified_gradient's softmax: "attnlrp",
+AttnLRP's rule, so the query and key projections get relevance; "constant", the
+attention weights held constant as in CP-LRP). layer_stats carry R_l and
+`conservation` = Σ R at the layer / output relevance.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from sensitivity.table import SensitivityTable
 def resolve_rules(bundle: ModelBundle, rules: str) -> str:
     if rules != "auto":
         return rules
-    transformer = any(isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)) for m in bundle.model.modules())
+    transformer = any(isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.MultiheadAttention))
+                      or type(m).__name__.endswith("RMSNorm") for m in bundle.model.modules())
     return "modified_gradient" if transformer or bundle.inputs is None else "captum"
 
 
@@ -43,7 +47,8 @@ def layer_relevance(bundle: ModelBundle, names: Sequence[str], config: LRPConfig
     else:
         from sensitivity.lrp import modified_gradient
 
-        run = lambda batch: modified_gradient.batch_relevance(bundle, batch, names, config.eps)  # noqa: E731
+        run = lambda batch: modified_gradient.batch_relevance(  # noqa: E731
+            bundle, batch, names, config.eps, config.attention)
     for k, batch in enumerate(bundle.calibration):
         r = run(batch)
         total = r if total is None else total.add(r)

@@ -84,7 +84,7 @@ def test_interrupted_run_resumes_to_the_same_table(tmp_path, method, params, mak
     ("hawq_v2", "mode, tol, min_probes, max_probes, seed, engine, block, backend"),
     ("fisher", "tol, min_probes, max_probes, seed, engine, block"),
     ("empirical", "none"),
-    ("lrp", "rules, eps"),
+    ("lrp", "rules, eps, attention"),
     ("interlayer", "window, pairs, mode, tol"),
 ])
 def test_unknown_params_list_the_accepted_ones(method, accepted):

@@ -51,7 +51,7 @@ def test_every_method_has_an_estimator_that_imports_no_other_estimator():
     ("fisher", {"engine": "gn_joint"}, {**TRACE_DEFAULTS, "engine": "gn_joint"}),
     ("hawq_v1", {"max_iter": 30}, {"tol": 1e-3, "max_iter": 30, "seed": 0, "backend": "bitalloc"}),
     ("empirical", {}, {}),
-    ("lrp", {"eps": 1e-3}, {"rules": "auto", "eps": 1e-3}),
+    ("lrp", {"eps": 1e-3}, {"rules": "auto", "eps": 1e-3, "attention": "attnlrp"}),
     ("interlayer", {"window": 1, "max_probes": 12},
      {"mode": "exact", **TRACE_DEFAULTS, "max_probes": 12, "backend": "bitalloc", "window": 1,
       "pairs": "hessian"}),

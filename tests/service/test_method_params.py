@@ -54,7 +54,7 @@ def test_good_params_are_stored_as_given(client, auth):
     (["--method", "magic"], f"error: method: unknown method 'magic'; methods: {METHODS}"),
     (["--param", "tol=2"], "error: method_params: fisher: tol must be in (0, 1), got 2"),
     (["--method", "lrp", "--param", "rule=captum"],
-     "error: method_params: lrp: unknown parameter(s) rule; accepted: rules, eps"),
+     "error: method_params: lrp: unknown parameter(s) rule; accepted: rules, eps, attention"),
 ])
 def test_bitalloc_run_refuses_bad_params_before_loading_anything(capsys, args, reason):
     code = main(["run", "--model", "digits-cnn", "--budget", "avg_bits=4", *args])
