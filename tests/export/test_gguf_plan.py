@@ -205,3 +205,11 @@ def test_what_the_format_cannot_take_is_refused(llama_source, tmp_path):
         run_job(pinned, artifact_dir=tmp_path, model_source=llama_source)
     with pytest.raises(JobError, match="names tensors as llama.cpp's converter writes them"):
         run_job(JobSpec(model="digits-cnn", budgets={"avg_bits": 5}, export="gguf-plan", pareto_points=0))
+
+
+def test_the_manifest_serves_the_format():
+    from workers.manifest import manifest
+
+    served = {f["name"]: f for f in manifest()["exports"]}
+    assert served["gguf-plan"]["weight_bits"] == [2, 3, 4, 5, 6, 8, 16]
+    assert "llama-quantize" in served["gguf-plan"]["description"]
