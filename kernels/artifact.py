@@ -36,6 +36,7 @@ from kernels.apply import (
     layer_kind,
     sharing_module,
 )
+from kernels.activation import attach_records
 from kernels.layout import logical_shape, shared_users
 from kernels.quantizer import QuantizedWeight, sixteen_bit_dtype
 from kernels.scheme import QuantConfig
@@ -123,6 +124,8 @@ def load_artifact(directory: str | os.PathLike,
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"the artifact does not fit the model built: {exc}") from None
+    # layers at a_bits < 16: their input quantizers, as the evaluation ran them (pre-hooks)
+    attach_records(model, meta["allocation"].get("activations", {}))
     return model.eval()
 
 

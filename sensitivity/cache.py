@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from kernels.scheme import QuantScheme
+from kernels.scheme import ACTIVATION_BITS, QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.layers import LayerInfo
 from sensitivity.paths import atomic_write_bytes, cache_dir
@@ -45,6 +45,8 @@ def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], cho
     h = hashlib.sha256()
     header = {"format": FORMAT, "method": method, "params": params, "quant": quant.as_dict(),
               "choices": sorted([list(c) for c in choices]), "layers": [layer.name for layer in layers]}
+    if any(c[1] < ACTIVATION_BITS for c in choices):  # only then: weight-only keys stay put
+        header["activation"] = quant.activation.as_dict()
     if bundle.cache_salt:  # only when set, so the built-in models keep their keys
         header["salt"] = bundle.cache_salt
     h.update(json.dumps(header, sort_keys=True, default=str).encode())

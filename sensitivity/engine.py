@@ -15,14 +15,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from kernels.scheme import QuantScheme
+from kernels.scheme import ACTIVATION_BITS, QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.cache import TableCache, table_key
 from sensitivity.checkpoint import NO_CHECKPOINT, Checkpoint
 from sensitivity.estimators import get_estimator
+from sensitivity.estimators.activation_terms import add_activation_terms
 from sensitivity.estimators.context import EstimatorContext, StageProgress
 from sensitivity.layers import LayerInfo
-from sensitivity.methods import parse_method_params
+from sensitivity.methods import check_activation_method, parse_method_params
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
 from sensitivity.table import Choice, SensitivityTable
@@ -37,15 +38,25 @@ def compute_table(
     """`weights`: the job's provider of quantized weights (for `quant`), so the table and
     the evaluation share one set of GPTQ / AdaQuant results; a fresh one when not given."""
     config = parse_method_params(method, params)
+    if any(c[1] < ACTIVATION_BITS for c in choices):
+        check_activation_method(method)
     if weights is not None and weights.scheme != quant:
         raise ValueError(f"the quantized weights are for {weights.scheme}, the table for {quant}")
     estimator = get_estimator(method)
     params = dict(params)
     choices = sorted(choices)
 
+    # the estimator sees the weight choices (a = 16); activation terms are added after
+    weight_choices = sorted({(c[0], ACTIVATION_BITS) for c in choices})
+    joint = weight_choices != choices
+
     def run(checkpoint: Checkpoint) -> SensitivityTable:
-        ctx = EstimatorContext(bundle, layers, choices, quant, StageProgress(progress), checkpoint, weights)
-        return estimator(ctx, config)
+        ctx = EstimatorContext(bundle, layers, weight_choices, quant, StageProgress(progress), checkpoint,
+                               weights)
+        table = estimator(ctx, config)
+        if joint:
+            table = add_activation_terms(ctx, table, method, config, choices)
+        return table
 
     if not use_cache:
         table = run(NO_CHECKPOINT)

@@ -27,6 +27,7 @@ each layer from the inputs it gets with the earlier layers at their chosen width
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,8 @@ from kernels.gptq import gptq_quantize
 from kernels.hessian import LayerHessian, supports
 from kernels.layout import from_quantizer_view, quantizer_view, shared_users
 from kernels.quantizer import QuantizedWeight, quantize
-from kernels.scheme import QuantConfig, QuantScheme
+from kernels.scheme import ACTIVATION_BITS, QuantConfig, QuantScheme
+from sensitivity.activations import QuantizedActivations
 from sensitivity.bundle import ModelBundle
 from sensitivity.layer_inputs import calibration_runs, collect_hessians, quantize_sequentially
 from sensitivity.layers import quantizable_modules
@@ -82,6 +84,14 @@ class QuantizedWeights:
         self._hessians: dict[str, LayerHessian] | None = None
         self._applied: OrderedDict[tuple, AppliedAllocation] = OrderedDict()
         self.seconds = {"hessians": 0.0, "layers": 0.0}
+        self._activations: QuantizedActivations | None = None
+
+    @property
+    def activations(self) -> QuantizedActivations:
+        """The job's input quantizers (`scheme.activation`), calibrated on first use."""
+        if self._activations is None:
+            self._activations = QuantizedActivations(self.bundle, self.scheme.activation)
+        return self._activations
 
     # --- which layers the algorithm calibrates -------------------------------------
 
@@ -211,7 +221,18 @@ class QuantizedWeights:
     # --- an applied allocation (sequential inputs) ----------------------------------
 
     def apply(self, choices: Mapping[str, Choice]) -> AppliedAllocation:
-        """The allocation `choices` ({layer: choice}) applied with the job's quantizer."""
+        """The allocation `choices` ({layer: choice}) applied with the job's quantizer; the
+        inputs of layers at a_bits < 16 are fake-quantized by forward pre-hooks on a copy
+        of the weight-quantized model (`sensitivity.activations`)."""
+        a_bits = {name: c[1] for name, c in choices.items() if c[1] < ACTIVATION_BITS}
+        if not a_bits:
+            return self._apply_weights(choices)
+        applied = self._apply_weights({name: (c[0], ACTIVATION_BITS) for name, c in choices.items()})
+        model = applied.model if not self.scheme.calibrated else copy.deepcopy(applied.model)
+        self.activations.attach(model, a_bits)
+        return dataclasses.replace(applied, model=model)
+
+    def _apply_weights(self, choices: Mapping[str, Choice]) -> AppliedAllocation:
         key = tuple(sorted(choices.items()))
         if key in self._applied:
             self._applied.move_to_end(key)

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any
 
 from kernels.export.formats import EXPORT_FORMATS
-from kernels.scheme import ALGORITHMS, WEIGHT_BITS
+from kernels.scheme import ACTIVATION_MODES, ACTIVATION_RANGES, ACTIVATION_WIDTHS, ALGORITHMS, WEIGHT_BITS
 from sensitivity.catalog import BUILTIN_MODELS, FAMILIES, model_names
 from sensitivity.methods import describe as describe_methods
 from workers.spec import BUDGET_KEYS
@@ -32,6 +32,10 @@ def manifest() -> dict[str, Any]:
         # name, one-line summary, and each parameter's name, type, default and allowed values
         "methods": describe_methods(),
         "weight_bits": list(WEIGHT_BITS),
+        # activation widths (JobSpec.activation_bits) and how inputs are quantized (quant.activation)
+        "activation_bits": list(ACTIVATION_WIDTHS),
+        "activation_modes": list(ACTIVATION_MODES),
+        "activation_ranges": list(ACTIVATION_RANGES),
         "budgets": list(BUDGET_KEYS),
         "quantizers": list(ALGORITHMS),  # the algorithms that pick the integers (quant.algorithm)
         # what each export format holds (kernels.export.formats)

@@ -216,9 +216,12 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
     scheme = q.scheme()
     configs = {layer.name: scheme.config(layer.w_bits) for layer in result.layers}
     model, quantized = bundle.model, None
-    if scheme.calibrated:  # GPTQ / AdaQuant codes, corrected biases, re-estimated BatchNorm
+    a_bits = {layer.name: layer.a_bits for layer in result.layers if layer.a_bits < 16}
+    if scheme.calibrated or a_bits:
         weights = weights if weights is not None else QuantizedWeights(bundle, scheme)
-        applied = weights.apply({layer.name: (layer.w_bits, layer.a_bits) for layer in result.layers})
+    if scheme.calibrated:  # GPTQ / AdaQuant codes, corrected biases, re-estimated BatchNorm
+        # the weights only: the input quantizers are stored as records, not as hooks
+        applied = weights.apply({layer.name: (layer.w_bits, 16) for layer in result.layers})
         model, quantized = applied.model, applied.quantized
     allocation = {
         "model": spec.model,
@@ -228,5 +231,7 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
         "export": spec.export,
         "summary": result.summary.model_dump(),
     }
+    if a_bits:  # each quantized input's bits, mode, symmetry and (static) scale and zero point
+        allocation["activations"] = weights.activations.records(a_bits)
     return write_export(spec.export, model, configs, directory, allocation,
                         tokenizer=bundle.tokenizer, quantized=quantized)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from kernels.activation import supports_activation_quant
 from kernels.export.formats import export_format
 from kernels.scheme import ACTIVATION_BITS as A_BITS
 from kernels.scheme import FULL_PRECISION_BITS, Choice, QuantScheme
@@ -24,7 +25,32 @@ def candidate_choices(spec: JobSpec) -> list[Choice]:
     widths = set(spec.weight_bits) | set(spec.overrides.pins.values())
     for bits in spec.overrides.allowed.values():
         widths |= set(bits)
-    return [(b, A_BITS) for b in sorted(widths | {FULL_PRECISION_BITS})]
+    a_widths = set(spec.activation_bits) | {A_BITS}
+    for bits in spec.overrides.activation_bits.values():
+        a_widths |= set(bits)
+    return [(b, a) for b in sorted(widths | {FULL_PRECISION_BITS}) for a in sorted(a_widths)]
+
+
+def activation_widths(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> dict[str, list[int]]:
+    """The a_bits each layer may take: the job's (or the layer's own override), 16 alone for
+    layers left at 16 bits and for inputs that are not quantized (embeddings look up ids);
+    tied layers take the widths they all allow (16 if none)."""
+    modules = dict(bundle.model.named_modules())
+    kept = set(export_keeps_16_bit(spec, layers)) | set(spec.overrides.exclude)
+    out = {}
+    for layer in layers:
+        if layer.name in kept or not supports_activation_quant(modules[layer.name]):
+            out[layer.name] = {A_BITS}
+        else:
+            out[layer.name] = set(spec.overrides.activation_bits.get(layer.name, spec.activation_bits))
+    groups: dict[str, set[int]] = {}
+    for layer in layers:
+        if layer.group is not None:
+            groups[layer.group] = groups.get(layer.group, out[layer.name]) & out[layer.name]
+    for layer in layers:
+        if layer.group is not None:
+            out[layer.name] = groups[layer.group] or {A_BITS}
+    return {name: sorted(widths) for name, widths in out.items()}
 
 
 def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo],
@@ -33,7 +59,8 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
     """The integer program of the job; `omega=None` gives the feasibility problem."""
     ov = spec.overrides
     kept = set(export_keeps_16_bit(spec, layers))
-    solver_layers, allowed = [], {}
+    a_of = activation_widths(spec, bundle, layers)
+    solver_layers, allowed, pins = [], {}, {}
     for layer in layers:
         if layer.name in ov.exclude or layer.name in kept:
             widths = {FULL_PRECISION_BITS}
@@ -43,14 +70,22 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
             widths = widths & set(scheme.widths_for(layer.shape)) or {FULL_PRECISION_BITS}
         if layer.name in ov.pins:
             widths.add(ov.pins[layer.name])
+        a_widths = a_of[layer.name]  # joint (w_bits, a_bits) choices
         options = {
-            (b, A_BITS): Option(omega=omega[layer.name].get((b, A_BITS), 0.0) if omega else 0.0,
-                                costs=choice_costs(layer, (b, A_BITS), scheme, spec.latency_table))
-            for b in sorted(widths)
+            (b, a): Option(omega=omega[layer.name].get((b, a), 0.0) if omega else 0.0,
+                           costs=choice_costs(layer, (b, a), scheme, spec.latency_table))
+            for b in sorted(widths) for a in a_widths
         }
         solver_layers.append(Layer(layer.name, layer.params, options, layer.group))
         if layer.name in ov.allowed:
-            allowed[layer.name] = frozenset((b, A_BITS) for b in ov.allowed[layer.name])
+            allowed[layer.name] = frozenset((b, a) for b in ov.allowed[layer.name] for a in a_widths)
+        if layer.name in ov.pins:  # a pin fixes w_bits; a_bits stays the solver's where several
+            pinned = frozenset((ov.pins[layer.name], a) for a in a_widths)
+            both = allowed.get(layer.name, pinned) & pinned
+            if len(a_widths) > 1 and both:
+                allowed[layer.name] = both
+            else:  # one activation width, or a pin the allowed widths exclude (explained)
+                pins[layer.name] = (ov.pins[layer.name], a_widths[-1])
     fixed = {"size_bytes": fixed_bytes(bundle.model, layers)}
     if spec.latency_table:
         fixed["latency_ms"] = spec.fixed_latency_ms
@@ -58,7 +93,7 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
         layers=solver_layers,
         budgets=[Budget(kind, limit) for kind, limit in spec.solver_budgets().items()],
         fixed_costs=fixed,
-        pins={name: (bits, A_BITS) for name, bits in ov.pins.items()},
+        pins=pins,
         allowed=allowed,
         pairs=[PairTerm(a, b, values) for (a, b), values in (pairs or {}).items()] if omega else (),
     )
@@ -126,7 +161,8 @@ def _check_gguf(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo])
 def check_overrides(spec: JobSpec, layers: Sequence[LayerInfo]) -> None:
     known = {layer.name for layer in layers if layer.used}
     ov = spec.overrides
-    named = set(ov.pins) | set(ov.allowed) | set(ov.exclude) | set(spec.latency_table or {})
+    named = (set(ov.pins) | set(ov.allowed) | set(ov.exclude) | set(spec.latency_table or {})
+             | set(ov.activation_bits))
     unknown = sorted(named - known)
     if unknown:
         raise JobError(f"unknown layers in overrides: {', '.join(unknown)}; "
@@ -134,3 +170,8 @@ def check_overrides(spec: JobSpec, layers: Sequence[LayerInfo]) -> None:
     clash = sorted(set(ov.pins) & set(ov.exclude))
     if clash:
         raise JobError(f"layers both pinned and excluded: {', '.join(clash)}")
+    lookups = sorted(n for n, bits in ov.activation_bits.items() if min(bits) < 16
+                     and any(layer.name == n and layer.kind == "embedding" for layer in layers))
+    if lookups:
+        raise JobError(f"an embedding's input is token ids, not activations to quantize: "
+                       f"{', '.join(lookups)} take activation bits 16 only")

@@ -161,14 +161,17 @@ class TraceResult:
 
 
 def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
-                      probes: ProbeSettings) -> TraceResult:
+                      probes: ProbeSettings, *, pert=None, state: str = "hutchinson") -> TraceResult:
+    """`pert`: what the engine perturbs (the layers' weights by default; the activation
+    terms pass their inputs, `sensitivity.estimators.activation_terms`); `state`: the
+    checkpoint kind of this computation."""
     start = time.perf_counter()
     names = ctx.names
-    engine = engine_type(Perturbation(ctx.bundle, names), ctx.single_batch)
+    engine = engine_type(pert if pert is not None else Perturbation(ctx.bundle, names), ctx.single_batch)
     gen = torch.Generator().manual_seed(probes.seed)
     stats = {n: RunningMean() for n in names}
     hvps = 0
-    saved = ctx.checkpoint.load("hutchinson")
+    saved = ctx.checkpoint.load(state)
     if saved:
         stats = {n: RunningMean.from_state(s) for n, s in saved["stats"].items()}
         hvps = saved["hvps"]
@@ -187,7 +190,7 @@ def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
                     stats[names[i]].add(x)
             active = [i for i in active if not _done(stats[names[i]], probes)]
             round_seconds.append(time.perf_counter() - t0)
-            ctx.checkpoint.save("hutchinson", {"stats": {n: s.to_state() for n, s in stats.items()},
+            ctx.checkpoint.save(state, {"stats": {n: s.to_state() for n, s in stats.items()},
                                                "hvps": hvps, "generator": generator_state(gen)})
             _report(ctx.progress, names, stats, active, probes, k, hvps, round_seconds)
     return TraceResult(stats, hvps, time.perf_counter() - start, engine.name)

@@ -19,11 +19,13 @@ def _named(m: Metric) -> str:
 
 def print_report(result) -> None:
     print(f"\n{result.model['name']}: {result.model['description']}")
-    print(f"{'layer':<44} {'params':>10} {'bits':>5} {'Ω':>11}  {'trace ± error':<24}")
+    acts = any(layer.a_bits < 16 for layer in result.layers)  # then bits are w/a
+    print(f"{'layer':<44} {'params':>10} {'w/a' if acts else 'bits':>5} {'Ω':>11}  {'trace ± error':<24}")
     for layer in result.layers:
         st = layer.stats
         trace = f"{st['trace']:.4g} ± {st['trace_se']:.2g}" if "trace" in st else ""
-        print(f"{layer.name:<44} {layer.params:>10,} {layer.w_bits:>5} {layer.omega:>11.4g}  {trace:<24}")
+        bits = f"{layer.w_bits}/{layer.a_bits}" if acts else layer.w_bits
+        print(f"{layer.name:<44} {layer.params:>10,} {bits:>5} {layer.omega:>11.4g}  {trace:<24}")
     if result.unused_layers:
         print(f"unused (left unquantized): {', '.join(result.unused_layers)}")
     s, q = result.summary, result.quality

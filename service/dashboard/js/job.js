@@ -103,12 +103,17 @@ function qualityCard(r) {
 }
 
 function layerTable(r) {
-  const cols = ["layer", "kind", "params", "bits", "bits/weight", "bytes", "Ω", "trace ± se"];
+  // an "a bits" column (each layer's input width) when some input is quantized
+  const acts = r.layers.some((l) => l.a_bits < 16);
+  const cols = ["layer", "kind", "params", "bits", ...(acts ? ["a bits"] : []), "bits/weight", "bytes", "Ω",
+    "trace ± se"];
   return h("table", { id: "layer-table" },
     h("thead", {}, h("tr", {}, cols.map((c, i) => h(i > 1 ? "th.num" : "th", {}, c)))),
     h("tbody", {}, r.layers.map((l) => h("tr", { "data-layer": l.name },
       h("td", {}, h("code", {}, l.name)), h("td", {}, l.kind), h("td.num", {}, l.params.toLocaleString()),
-      h("td.num", {}, String(l.w_bits)), h("td.num", {}, l.bits_per_weight.toFixed(2)),
+      h("td.num", {}, String(l.w_bits)),
+      ...(acts ? [h("td.num", { "data-a-bits": l.a_bits }, String(l.a_bits))] : []),
+      h("td.num", {}, l.bits_per_weight.toFixed(2)),
       h("td.num", {}, fmtBytes(l.bytes)), h("td.num", {}, fmtNum(l.omega)),
       h("td.num", {}, l.stats?.trace !== undefined
         ? `${fmtNum(l.stats.trace)} ± ${fmtNum(l.stats.trace_se)}` : "–")))));

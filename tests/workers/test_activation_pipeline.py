@@ -1,0 +1,87 @@
+"""Activation bits end to end on digits-cnn (issue #17): joint (w_bits, a_bits) choices under
+a BOPs budget, the measured quality of the mixed allocation with its inputs fake-quantized,
+the per-layer rows, and the artifact's input quantizers."""
+
+import json
+
+import pytest
+
+from kernels.activation import attach
+from kernels.artifact import load_artifact
+from kernels.fake_quant import fake_quantize_model
+from kernels.scheme import ActivationScheme, QuantConfig
+from sensitivity.activations import QuantizedActivations
+from sensitivity.models.digits_cnn import DigitsCNN
+from workers.pipeline import run_job
+from workers.spec import JobSpec
+
+FAST = {"tol": 0.25, "min_probes": 4, "max_probes": 12}
+
+
+def _macs(result):
+    return sum(layer.macs for layer in result.layers)
+
+
+@pytest.fixture(scope="module")
+def act_result(digits_bundle, tmp_path_factory):
+    from sensitivity.layers import discover_layers
+
+    macs = sum(layer.macs for layer in discover_layers(digits_bundle) if layer.used)
+    spec = JobSpec.model_validate({
+        "model": "digits-cnn", "method": "fisher", "method_params": FAST,
+        # half the BOPs of W8A8: some inputs must go to 4 bits, or weights below 8
+        "budgets": {"bops": macs * 8 * 8 * 0.5}, "activation_bits": [4, 8, 16], "pareto_points": 4,
+    })
+    folder = tmp_path_factory.mktemp("act-artifact")
+    return spec, run_job(spec, artifact_dir=folder), folder
+
+
+def test_bops_budget_gives_a_mixed_weight_and_activation_allocation(act_result):
+    spec, result, _ = act_result
+    assert result.solver.status == "optimal"
+    bops = sum(layer.macs * layer.w_bits * layer.a_bits for layer in result.layers)
+    assert result.summary.bops == pytest.approx(bops) and bops <= spec.budgets["bops"] * (1 + 1e-9)
+    pairs = {(layer.w_bits, layer.a_bits) for layer in result.layers}
+    assert len(pairs) > 1 and any(a < 16 for _, a in pairs)  # a real mixed (w, a) allocation
+    assert len({a for _, a in pairs}) > 1
+    for layer in result.layers:
+        assert {"w4a4", "w4a8", "w8a16", "w16a16"} <= set(layer.omega_by_bits)
+        assert layer.omega == pytest.approx(layer.omega_by_bits[f"w{layer.w_bits}a{layer.a_bits}"])
+        assert layer.omega_by_bits["w8a4"] >= layer.omega_by_bits["w8a8"] >= layer.omega_by_bits["w8a16"]
+        assert "act_trace" in layer.stats and "act_err_a4" in layer.stats
+    assert result.sensitivity["activation"]["combine"] == "additive"
+    tied = {layer.name: (layer.w_bits, layer.a_bits) for layer in result.layers}
+    assert tied["block.conv_b"] == tied["block.downsample.0"]
+
+
+def test_measured_quality_quantizes_the_inputs(act_result, digits_bundle):
+    _, result, _ = act_result
+    q = result.quality
+    model = fake_quantize_model(digits_bundle.model,
+                                {layer.name: QuantConfig(layer.w_bits) for layer in result.layers})
+    acts = QuantizedActivations(digits_bundle, ActivationScheme())
+    attach(model, acts.quantizers({layer.name: layer.a_bits for layer in result.layers}))
+    assert q.allocation == pytest.approx(digits_bundle.evaluate(model))
+    weights_only = fake_quantize_model(digits_bundle.model,
+                                       {layer.name: QuantConfig(layer.w_bits) for layer in result.layers})
+    assert q.allocation["test_loss"] != pytest.approx(digits_bundle.evaluate(weights_only)["test_loss"])
+    drop = q.full_precision["accuracy"] - q.allocation["accuracy"]
+    print(f"digits-cnn W/A mixed at half the W8A8 BOPs: accuracy {q.allocation['accuracy']:.2f} "
+          f"(full precision {q.full_precision['accuracy']:.2f}, drop {drop:.2f}), "
+          f"test_loss {q.allocation['test_loss']:.4f}")
+    assert drop < 2.0
+
+
+def test_artifact_stores_the_input_quantizers(act_result, digits_bundle):
+    _, result, folder = act_result
+    allocation = json.loads((folder / "allocation.json").read_text())
+    quantized_inputs = {layer.name: layer.a_bits for layer in result.layers if layer.a_bits < 16}
+    records = allocation["activations"]
+    assert {n: r["bits"] for n, r in records.items()} == quantized_inputs
+    for record in records.values():
+        assert record["mode"] == "static" and record["scale"] > 0 and not record["symmetric"]
+    assert allocation["quant"]["activation"]["mode"] == "static"
+    model = load_artifact(folder, DigitsCNN)  # packed weights and the inputs' pre-hooks
+    again = digits_bundle.evaluate(model)
+    assert again["accuracy"] == pytest.approx(result.quality.allocation["accuracy"], abs=0.5)
+    assert again["test_loss"] == pytest.approx(result.quality.allocation["test_loss"], rel=0.02)
