@@ -201,6 +201,9 @@ def main(argv=None) -> int:
                     help=f"default {' '.join(MODELS)} (smollm2-135m: with --quantizer only)")
     ap.add_argument("--quantizer", nargs="+", choices=ALGORITHMS,
                     help="compare these quantizers instead (bench/quantizers.py)")
+    ap.add_argument("--activations", action="store_true",
+                    help="uniform W8A8/W4A8/W8A4/W4A4 against mixed (w, a) allocations at the same "
+                         "BOPs instead (bench/activations.py)")
     ap.add_argument("--render", action="store_true", help="only rewrite docs from the JSON")
     ap.add_argument("--no-render", action="store_true", help="write the JSON only")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON (read, updated per model)")
@@ -208,6 +211,10 @@ def main(argv=None) -> int:
                     help="torch threads (default 1: these models are small and the machine shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.activations:
+        from bench import activations
+
+        return activations.main(["--models", *(args.models or activations.MODELS)])
     if args.quantizer:
         return main_quantizers(args)
     args.models = args.models or list(MODELS)
