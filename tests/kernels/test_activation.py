@@ -1,6 +1,8 @@
 """The activation quantizer (kernels.activation): codes in range, error falling with bits,
 calibrated static ranges (min/max, percentile, MSE), dynamic per-token ranges, hooks."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -123,3 +125,16 @@ def test_scheme_validation_and_defaults():
     assert QuantScheme().activation == ActivationScheme()
     assert "activation" not in QuantScheme().as_dict()  # the weight grid's key is unchanged
     assert "percentile" not in ActivationScheme().as_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("scheme", [ActivationScheme(), ActivationScheme(mode="dynamic", symmetric=True)])
+def test_quantizers_run_on_the_gpu_as_on_the_cpu(stats, scheme):
+    model, st = stats
+    q = make_quantizer(4, scheme, dict(model.named_modules())["3"], st["3"])
+    x = torch.randn(7, 100)
+    assert torch.allclose(q.fake_quantize(x.cuda()).cpu(), q.fake_quantize(x), atol=1e-6)
+    gpu = copy.deepcopy(model).cuda()
+    with quantized_inputs(gpu, {"3": q}), quantized_inputs(model, {"3": q}):
+        xi = torch.randn(3, 2, 5, 5)
+        assert torch.allclose(gpu(xi.cuda()).cpu(), model(xi), atol=1e-5)

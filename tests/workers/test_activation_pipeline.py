@@ -85,3 +85,34 @@ def test_artifact_stores_the_input_quantizers(act_result, digits_bundle):
     again = digits_bundle.evaluate(model)
     assert again["accuracy"] == pytest.approx(result.quality.allocation["accuracy"], abs=0.5)
     assert again["test_loss"] == pytest.approx(result.quality.allocation["test_loss"], rel=0.02)
+
+
+def test_calibrated_weights_with_quantized_inputs(digits_bundle):
+    """GPTQ weights and 8-bit inputs: the applied model is the GPTQ model with the input
+    hooks on a copy; the cached weight-only model stays hook-free."""
+    from kernels.scheme import QuantScheme
+    from sensitivity.quantized import QuantizedWeights
+
+    scheme = QuantScheme(algorithm="gptq")
+    qw = QuantizedWeights(digits_bundle, scheme)
+    names = ["fc1", "fc2", "conv.0"]
+    joint = {n: (4, 8) for n in names}
+    applied = qw.apply(joint)
+    weights_only = qw.apply({n: (4, 16) for n in names})
+    assert all(not m._forward_pre_hooks for m in weights_only.model.modules())
+    assert applied.model is not weights_only.model and applied.quantized == weights_only.quantized
+    import copy
+
+    manual = copy.deepcopy(weights_only.model)
+    attach(manual, qw.activations.quantizers({n: 8 for n in names}))
+    assert digits_bundle.evaluate(applied.model) == pytest.approx(digits_bundle.evaluate(manual))
+    assert (digits_bundle.evaluate(applied.model)["test_loss"]
+            != pytest.approx(digits_bundle.evaluate(weights_only.model)["test_loss"], rel=1e-6))
+
+
+def test_frontier_sweeps_the_joint_choices(act_result):
+    _, result, _ = act_result
+    assert result.frontier_kind == "bops" and len(result.pareto) >= 2
+    costs = [p.cost for p in result.pareto]
+    assert costs == sorted(costs)
+    assert any(p.chosen for p in result.pareto)
