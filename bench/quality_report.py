@@ -31,7 +31,8 @@ RECOMMENDATION = """\
   affordable on minilm (a forward per pair and width pair).
 - Not as defaults: `hawq_v1` (below random on minilm at 3, 4 and 5 bits; one eigen-direction does
   not describe a layer's error; run with a loose 10-iteration cap there) and `lrp` (cheapest and
-  best on digits-vit, but q/k projections get no relevance under the AttnLRP rules, and on minilm it
+  best on digits-vit, measured with attention held constant, so q/k projections got no relevance
+  (now `attention="constant"`; the default is AttnLRP's softmax rule, methods.md), and on minilm it
   falls to 95.66 at 5 bits against 99.61)."""
 
 

@@ -15,7 +15,8 @@ whatever module calls it:
   `F.conv1d/2d/3d`): the gradient at the output z is scaled by z / (z + ε·sign z),
   i.e. R_x = x ⊙ Wᵀ(R_z / (z + ε·sign z));
 - uniform rule on products of two input-dependent tensors (`matmul`/`@`, `bmm`,
-  `mul`/`*`, `einsum`: the attention products Q·Kᵀ and A·V, the SwiGLU gate × up):
+  `mul`/`*`, `einsum`, and `addmm`/`baddbmm` when both factors are: the attention
+  products Q·Kᵀ and A·V, the SwiGLU gate × up):
   each of the m input-dependent operands gets the gradient divided by m, so each
   receives 1/m of the product's relevance (the relevance is conserved; plain
   gradient × input would count it m times);
@@ -145,7 +146,7 @@ _FUNCTIONAL_ACTIVATIONS = {F.gelu, F.silu, F.relu, torch.relu, torch.Tensor.relu
 _PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.bmm, torch.Tensor.bmm, torch.mul,
              torch.Tensor.mul}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax}
-_AFFINE = {F.linear: (0, 1), torch.addmm: (1, 2), F.conv1d: (0, 1), F.conv2d: (0, 1),
+_AFFINE = {F.linear: (0, 1), torch.addmm: (1, 2), torch.baddbmm: (1, 2), F.conv1d: (0, 1), F.conv2d: (0, 1),
            F.conv3d: (0, 1)}  # positions of (input, weight)
 
 

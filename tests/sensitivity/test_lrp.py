@@ -139,7 +139,7 @@ def test_constant_attention_detaches_softmax():
     assert not y.requires_grad
 
 
-@pytest.mark.parametrize("op", ["matmul", "@", "bmm", "einsum"])
+@pytest.mark.parametrize("op", ["matmul", "@", "bmm", "einsum", "baddbmm"])
 def test_bilinear_products_take_the_uniform_rule(op):
     """R_a[i,k] = ½ Σ_j a_ik b_kj / y_ij · R_ij, R_b[k,j] = ½ Σ_i (same): each operand
     gets half of every product term's relevance; the two halves sum to R_y."""
@@ -148,7 +148,8 @@ def test_bilinear_products_take_the_uniform_rule(op):
     b = torch.randn(2, 4, 5, dtype=torch.float64)
     g = torch.randn(2, 3, 5, dtype=torch.float64)
     fn = {"matmul": torch.matmul, "@": lambda p, q: p @ q, "bmm": torch.bmm,
-          "einsum": lambda p, q: torch.einsum("bik,bkj->bij", p, q)}[op]
+          "einsum": lambda p, q: torch.einsum("bik,bkj->bij", p, q),
+          "baddbmm": lambda p, q: torch.baddbmm(torch.zeros(2, 3, 5, dtype=torch.float64), p, q)}[op]
     y, (r_a, r_b) = _relevance_in(fn, [a, b], g)
     terms = a.unsqueeze(-1) * b.unsqueeze(1) / y.unsqueeze(2) * (y * g).unsqueeze(2)  # (b, i, k, j)
     torch.testing.assert_close(r_a, 0.5 * terms.sum(-1))
