@@ -234,4 +234,5 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
     if a_bits:  # each quantized input's bits, mode, symmetry and (static) scale and zero point
         allocation["activations"] = weights.activations.records(a_bits)
     return write_export(spec.export, model, configs, directory, allocation,
-                        tokenizer=bundle.tokenizer, quantized=quantized)
+                        tokenizer=bundle.tokenizer, quantized=quantized,
+                        gguf_source=bundle.info.get("gguf_file"))

@@ -17,7 +17,8 @@ Files written:
   `output.weight` would also match `blk.3.attn_output.weight`. The file has nothing
   else (llama-quantize has no comment syntax).
 * `llama-quantize.sh`: the converter call that writes the F16 GGUF the plan applies to,
-  and the exact llama-quantize command.
+  and the exact llama-quantize command (for a model read from a GGUF file, such as
+  smollm2-135m's Q4_1 file, that file requantized with `--allow-requantize`).
 * `gguf-plan.json`: every tensor's name, type, shape and bytes, the plan's size (the sum
   of the types' sizes) and the commands.
 * `model-bitalloc.gguf` (Llama models; `kernels.export.gguf_file`): the allocation itself,
@@ -161,32 +162,40 @@ def base_ftype(plan: list[PlanEntry]) -> str:
     return BASE_FTYPES[weights.most_common(1)[0][0]] if weights else "Q8_0"
 
 
-def commands(plan: list[PlanEntry]) -> dict[str, str]:
+def commands(plan: list[PlanEntry], source: str | None = None) -> dict[str, str]:
+    """The converter call and the exact llama-quantize command; `source`: the GGUF file the
+    model was read from (its values are the job's reference), requantized directly."""
+    base = base_ftype(plan)
+    if source is not None:
+        return {"quantize": f"llama-quantize --allow-requantize --tensor-type-file {PLAN_FILE} "
+                            f"{source} {OUT_GGUF} {base}",
+                "serve": f"llama-server -m {OUT_GGUF}"}
     return {
         "convert": f"python convert_hf_to_gguf.py MODEL_DIR --outtype f16 --outfile {F16_GGUF}",
-        "quantize": f"llama-quantize --tensor-type-file {PLAN_FILE} {F16_GGUF} {OUT_GGUF} "
-                    f"{base_ftype(plan)}",
+        "quantize": f"llama-quantize --tensor-type-file {PLAN_FILE} {F16_GGUF} {OUT_GGUF} {base}",
         "serve": f"llama-server -m {OUT_GGUF}",
     }
 
 
 def export_gguf_plan(model: nn.Module, configs: Mapping[str, QuantConfig],
-                     directory: str | Path) -> Path:
-    """Write the plan of `configs` (see the module docstring) into `directory`."""
+                     directory: str | Path, source: str | None = None) -> Path:
+    """Write the plan of `configs` (see the module docstring) into `directory`; `source`:
+    the GGUF file the model was read from (smollm2-135m's Q4_1 file), which the command
+    then requantizes instead of the converter's F16 file."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     plan = build_plan(model, configs)
-    cmd = commands(plan)
+    cmd = commands(plan, source)
     (out / PLAN_FILE).write_text(plan_lines(plan))
-    (out / COMMAND_FILE).write_text(
-        "#!/bin/sh\n"
-        "# 1. the F16 GGUF the plan applies to (llama.cpp's converter; MODEL_DIR: the Hugging Face\n"
-        "#    folder of the model). A model that is already a GGUF file (smollm2-135m's Q4_1)\n"
-        "#    is the input itself: add --allow-requantize to the quantize line.\n"
-        f"{cmd['convert']}\n"
-        "# 2. every tensor at its planned type\n"
-        f"{cmd['quantize']}\n"
-        f"# serve it: {cmd['serve']}\n")
+    if source is None:
+        steps = ("# 1. the F16 GGUF the plan applies to (llama.cpp's converter; MODEL_DIR: the Hugging\n"
+                 "#    Face folder of the model)\n"
+                 f"{cmd['convert']}\n"
+                 "# 2. every tensor at its planned type\n")
+    else:
+        steps = (f"# every tensor of {source} (the GGUF file the job read: its values are the\n"
+                 "# full-precision reference) requantized at its planned type\n")
+    (out / COMMAND_FILE).write_text(f"#!/bin/sh\n{steps}{cmd['quantize']}\n# serve it: {cmd['serve']}\n")
     size = sum(e.bytes for e in plan)
     types = Counter(e.type for e in plan)
     (out / PLAN_JSON).write_text(json.dumps({
@@ -194,6 +203,7 @@ def export_gguf_plan(model: nn.Module, configs: Mapping[str, QuantConfig],
         "tensors": [{**asdict(e), "shape": list(e.shape)} for e in plan],
         "types": dict(sorted(types.items())),
         "base_ftype": base_ftype(plan),
+        "source": source,
         "commands": cmd,
     }, indent=2) + "\n")
     return out

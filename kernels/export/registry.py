@@ -21,10 +21,12 @@ ALLOCATION_FILE = "allocation.json"
 
 def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig],
                  directory: str | os.PathLike, allocation_json: dict, tokenizer=None,
-                 quantized: Mapping[str, QuantizedWeight] | None = None) -> Path:
+                 quantized: Mapping[str, QuantizedWeight] | None = None,
+                 gguf_source: str | None = None) -> Path:
     """Write `model` with each layer in `configs` at its config into `directory` in
     format `name`; returns the directory. `quantized`: codes the job's quantizer chose
-    (GPTQ, AdaQuant), written as they are; layers without them are rounded to nearest."""
+    (GPTQ, AdaQuant), written as they are; layers without them are rounded to nearest.
+    `gguf_source`: the GGUF file the model was read from (gguf-plan requantizes it)."""
     export_format(name)  # unknown names fail here, with the list
     out = Path(directory)
     if name == "bitalloc":
@@ -35,7 +37,7 @@ def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig]
         from kernels.export.gguf_file import GGUF_FILE, can_write, write_gguf
         from kernels.export.gguf_plan import export_gguf_plan
 
-        export_gguf_plan(model, configs, out)
+        export_gguf_plan(model, configs, out, source=gguf_source)
         if can_write(model):  # the evaluated values themselves, readable by any GGUF reader
             write_gguf(model, configs, out / GGUF_FILE)
         (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")

@@ -69,6 +69,7 @@ def load(request: ModelRequest) -> ModelBundle:
     if source is not None and source.kind == "gguf":
         model, tokenizer, loaded = load_gguf(source.path, label)
         facts.update(loaded, source="uploaded GGUF file, dequantized to fp32")
+        facts["gguf_file"] = source.path.name  # the file whose values are the reference
         description = f"uploaded GGUF {type(model).__name__} (dequantized to fp32)"
         salt = loaded["gguf_sha256"]
     elif request.builtin is None:
@@ -78,6 +79,7 @@ def load(request: ModelRequest) -> ModelBundle:
     else:
         model, tokenizer, loaded = load_gguf(smollm2.gguf_path(), label)
         facts["gguf_conversion"] = loaded["gguf_conversion"]
+        facts["gguf_file"] = smollm2.GGUF_NAME
         facts["reference_weights"] = smollm2.REFERENCE
         description = "SmolLM2-135M-Instruct (Llama, 30 blocks), dequantized Q4_1 GGUF"
         salt = ""
@@ -85,6 +87,7 @@ def load(request: ModelRequest) -> ModelBundle:
             label = f"model {name!r} ({request.builtin.name})"
             load_strict(model, read_state_dict(source.path, label), label)
             facts.pop("reference_weights")
+            facts.pop("gguf_file")  # the uploaded weights are the reference, not the file's
             description = "smollm2-135m architecture (Llama, 30 blocks) with uploaded weights"
     calibration, evaluation, data_facts = _data(request, model, tokenizer)
     facts.update(data_facts)

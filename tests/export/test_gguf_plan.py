@@ -213,3 +213,15 @@ def test_the_manifest_serves_the_format():
     served = {f["name"]: f for f in manifest()["exports"]}
     assert served["gguf-plan"]["weight_bits"] == [2, 3, 4, 5, 6, 8, 16]
     assert "llama-quantize" in served["gguf-plan"]["description"]
+
+
+def test_a_model_read_from_a_gguf_file_requantizes_that_file(tmp_path):
+    """The job's reference is the GGUF file's values, so the command quantizes that file."""
+    path = llm_models.write_gguf(kquant_llama(), llm_models.tokenizer(), tmp_path / "tiny.gguf")
+    spec = JobSpec(model="tiny-gguf", budgets={"avg_bits": 5}, pareto_points=0, export="gguf-plan",
+                   method_params={"max_probes": 2, "min_probes": 2})
+    run_job(spec, artifact_dir=tmp_path / "out", model_source=ModelSource("tiny-gguf", "gguf", "llama", path))
+    command = (tmp_path / "out" / COMMAND_FILE).read_text()
+    assert (f"llama-quantize --allow-requantize --tensor-type-file {PLAN_FILE} tiny.gguf "
+            "model-bitalloc.gguf ") in command and "convert_hf_to_gguf" not in command
+    assert json.loads((tmp_path / "out" / PLAN_JSON).read_text())["source"] == "tiny.gguf"
