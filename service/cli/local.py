@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kernels.export.formats import EXPORT_FORMATS
+from kernels.scheme import ACTIVATION_MODES, ACTIVATION_RANGES
 from sensitivity.catalog import model_names
 from sensitivity.data.formats import data_format
 from service.cli import exit_codes
@@ -50,6 +51,13 @@ def build_spec(args: argparse.Namespace):
         spec["export"] = args.export[0]
     if args.bits:
         spec["weight_bits"] = parse_bits_list(args.bits, "--bits")
+    if args.activation_bits:  # the inputs' widths, and how they are quantized
+        spec["activation_bits"] = parse_bits_list(args.activation_bits, "--activation-bits")
+    act = {k: v for k, v in (("mode", args.activation_mode), ("range", args.activation_range)) if v}
+    if args.activation_symmetric:
+        act["symmetric"] = True
+    if act:
+        spec["quant"]["activation"] = act
     if args.latency_table:
         spec["latency_table"] = read_json(args.latency_table, "--latency-table")
     if args.min_quality_drop is not None:
@@ -161,6 +169,14 @@ def add_local_commands(sub) -> None:
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="method parameter, e.g. tol=0.05, max_probes=50")
     run.add_argument("--bits", help="candidate weight widths, e.g. 2,3,4,8,16 (default all)")
+    run.add_argument("--activation-bits", metavar="A1,A2",
+                     help="activation widths of the layers' inputs, e.g. 4,8,16 (default 16: "
+                          "not quantized; hawq_v2, fisher or empirical)")
+    run.add_argument("--activation-mode", choices=ACTIVATION_MODES,
+                     help="static per-tensor ranges (default) or dynamic per-token ranges")
+    run.add_argument("--activation-range", choices=ACTIVATION_RANGES,
+                     help="static ranges: minmax (default), percentile or mse clipping")
+    run.add_argument("--activation-symmetric", action="store_true", help="symmetric activation codes")
     run.add_argument("--pin", action="append", default=[], metavar="LAYER=BITS")
     run.add_argument("--allow", action="append", default=[], metavar="LAYER=B1/B2")
     run.add_argument("--exclude", action="append", default=[], metavar="LAYER",
