@@ -77,6 +77,33 @@ def uniform_points(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInf
     return points
 
 
+UNIFORM_ACTIVATION_W_BITS = (8, 4)  # the W8Ax / W4Ax comparison points
+
+
+def uniform_activation_points(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo],
+                              scheme: QuantScheme, kind: str, a_widths: Mapping[str, Sequence[int]],
+                              weights: QuantizedWeights | None = None) -> list[UniformPoint]:
+    """Uniform W8/W4 with every layer's input at each activation width below 16 the job
+    allows (a layer whose input cannot take it, an embedding, stays at 16), measured."""
+    allowed = sorted({a for widths in a_widths.values() for a in widths if a < ACTIVATION_BITS})
+    points = []
+    for w in UNIFORM_ACTIVATION_W_BITS:
+        for a in allowed:
+            choices = {layer.name: (w, a if a in a_widths[layer.name] else ACTIVATION_BITS)
+                       for layer in layers}
+            fixed = fixed_bytes(bundle.model, layers)
+            try:
+                t = totals(layers, choices, scheme, fixed, spec.latency_table, spec.fixed_latency_ms)
+            except ValueError:  # the latency table does not cover these choices
+                if kind == "latency_ms":
+                    continue
+                t = totals(layers, choices, scheme, fixed)
+            points.append(UniformPoint(w_bits=w, a_bits=a, cost=t.cost(kind), avg_bits=t.avg_bits,
+                                       size_bytes=t.size_bytes,
+                                       quality=measure(bundle, choices, scheme, weights)))
+    return points
+
+
 def nearest_uniform_not_below(points: Sequence[UniformPoint], size_bytes: float) -> UniformPoint:
     """The uniform width whose size is the nearest not below the allocation's."""
     for point in points:

@@ -127,6 +127,13 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     summary = summarize(bundle, layers, chosen, scheme)
     uniform = uniform_points(spec, bundle, layers, scheme, kind, summary.size_bytes,
                              every_width=spec.pareto_points > 0, weights=weights)
+    act_uniform = []
+    if spec.quantizes_activations():  # uniform W8Ax / W4Ax beside the weight-only widths
+        from workers.evaluate import uniform_activation_points
+        from workers.problem import activation_widths
+
+        act_uniform = uniform_activation_points(spec, bundle, layers, scheme, kind,
+                                                activation_widths(spec, bundle, layers), weights)
     nearest = nearest_uniform_not_below(uniform, summary.size_bytes)
     quality = Quality(
         metric=bundle.headline.name, directions=bundle.directions, full_precision=full_precision,
@@ -149,6 +156,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         frontier_kind=kind,
         pareto=frontier,
         uniform_points=uniform,
+        uniform_activation_points=act_uniform,
         quality_search=search,
         sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta,
                      **({"quantizer": weights.meta()} if scheme.calibrated else {})},

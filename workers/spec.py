@@ -289,6 +289,7 @@ class FrontierPoint(BaseModel):
 
 class UniformPoint(BaseModel):
     w_bits: int
+    a_bits: int = 16  # the inputs' width (uniform_activation_points); 16: not quantized
     cost: float  # in the frontier's budget kind
     avg_bits: float
     size_bytes: float
@@ -320,6 +321,9 @@ class JobResult(BaseModel):
     frontier_kind: str  # the budget the Pareto sweep varies
     pareto: list[FrontierPoint]  # cost vs Σ Ω, cheapest first, the chosen point marked
     uniform_points: list[UniformPoint]  # measured uniform widths (all, or the nearest without pareto)
+    # with activation widths below 16: uniform W8/W4 with every input at each such width
+    # (W8A8, W4A8, ...; inputs that are not quantized stay at 16), measured, cost in frontier_kind
+    uniform_activation_points: list[UniformPoint] = Field(default_factory=list)
     quality_search: QualitySearch | None = None  # the max_quality_drop bisection
     sensitivity: dict[str, Any]  # estimator metadata: method, params, HVPs, seconds
     timings: dict[str, float]  # seconds per stage

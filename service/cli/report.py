@@ -50,6 +50,9 @@ def print_report(result) -> None:
         if k != m.name:
             print(f"  {k} ({metric(q, k).direction} is better): full precision {q.full_precision[k]:.4g} | "
                   f"uniform {q.uniform[k]:.4g} | allocation {q.allocation[k]:.4g}")
+    for u in result.uniform_activation_points:  # W8A8, W4A8, ...: uniform inputs too
+        print(f"uniform W{u.w_bits}A{u.a_bits}: {q.metric} {u.quality[q.metric]:.4g} at {result.frontier_kind} "
+              f"{u.cost:.6g}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.peak_rss_mb:
         print("peak memory: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in result.peak_rss_mb.items()))

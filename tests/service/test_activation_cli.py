@@ -27,7 +27,7 @@ def test_run_with_activation_bits_prints_w_a(tmp_path, capsys, digits_bundle):
     code = main(["run", "--model", "digits-cnn", "--budget", "bops=2e7", "--activation-bits", "4,8,16",
                  "--json", str(out), *FAST])
     printed = capsys.readouterr().out
-    assert code == 0 and " w/a " in printed
+    assert code == 0 and " w/a " in printed and "uniform W8A8: accuracy" in printed
     result = json.loads(out.read_text())
     assert any(layer["a_bits"] < 16 for layer in result["layers"])
     layer = result["layers"][0]

@@ -116,3 +116,17 @@ def test_frontier_sweeps_the_joint_choices(act_result):
     costs = [p.cost for p in result.pareto]
     assert costs == sorted(costs)
     assert any(p.chosen for p in result.pareto)
+
+
+def test_uniform_weight_and_activation_points_are_measured(act_result, digits_bundle):
+    _, result, _ = act_result
+    points = {(u.w_bits, u.a_bits): u for u in result.uniform_activation_points}
+    assert set(points) == {(8, 4), (8, 8), (4, 4), (4, 8)}
+    w8a8 = points[(8, 8)]
+    macs = _macs(result)
+    assert w8a8.cost == pytest.approx(macs * 64)  # the frontier's kind: BOPs
+    model = fake_quantize_model(digits_bundle.model, {layer.name: QuantConfig(8) for layer in result.layers})
+    acts = QuantizedActivations(digits_bundle, ActivationScheme())
+    attach(model, acts.quantizers({layer.name: 8 for layer in result.layers}))
+    assert w8a8.quality == pytest.approx(digits_bundle.evaluate(model))
+    assert all(u.a_bits == 16 for u in result.uniform_points)  # the weight-only curve is unchanged
