@@ -197,7 +197,7 @@ def paired(work: Path, key: str, reference: str, first: int | None = None) -> st
         return "–"
     a, b = torch.load(a), torch.load(b)
     n = min(a.numel(), b.numel(), first or a.numel())
-    if first is None and n < max(a.numel(), b.numel()):
+    if first is None and (n < max(a.numel(), b.numel()) or n <= causal_lm.EVALUATION_SEQUENCES):
         return "–"
     d = a[:n] - b[:n]
     return f"{float(d.mean()):+.3f} ± {float(d.std() / d.numel() ** 0.5):.3f}"
@@ -221,14 +221,15 @@ def table(results: dict, work: Path) -> str:
             " +embedding" if key.endswith("+embedding") else "")
         lines.append(f"| {key} | {row['bits']} | {row['calib'] * causal_lm.SEQUENCE_LENGTH or '–'} | "
                      f"{q['perplexity']:.2f} | {q['kl_to_fp']:.3f} | {q['top1_agreement']:.1f} | "
-                     f"{row['seconds']:.0f} | {h['perplexity']:.2f}"
-                     + ("" if h["windows"] > causal_lm.EVALUATION_SEQUENCES else " (16 windows)")
+                     f"{row['seconds']:.0f} | "
+                     + (f"{h['perplexity']:.2f}" if h["windows"] > causal_lm.EVALUATION_SEQUENCES else "–")
                      + " | " if h else
                      f"| {key} | {row['bits']} | {row['calib'] * causal_lm.SEQUENCE_LENGTH or '–'} | "
                      f"{q['perplexity']:.2f} | {q['kl_to_fp']:.3f} | {q['top1_agreement']:.1f} | "
                      f"{row['seconds']:.0f} | – | ")
         lines[-1] += (f"{paired(work, key, rtn, causal_lm.EVALUATION_SEQUENCES)} | "
-                      f"{paired(work, key, rtn)} |" if key != rtn else "0 | 0 |")
+                      f"{paired(work, key, rtn)} |" if key != rtn else
+                      "0 | " + ("0 |" if h and h["windows"] > causal_lm.EVALUATION_SEQUENCES else "– |"))
     return "\n".join(lines)
 
 
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--heldout-all", action="store_true",
                     help="also the perplexity over every 128-token window of the held-out half "
-                         "(~141 windows, the family evaluates 16), with per-window NLL kept")
+                         "(147 windows, the family evaluates 16), with per-window NLL kept")
     ap.add_argument("--heldout-windows", type=int, default=None,
                     help="with --heldout-all: only the first N windows (16: the family's own, "
                          "for the paired difference at the cost of one evaluation)")
