@@ -30,7 +30,15 @@ from workers.evaluate import (
     summarize,
     uniform_points,
 )
-from workers.problem import JobError, build_problem, candidate_choices, check_export, check_overrides
+from workers.problem import (
+    JobError,
+    build_problem,
+    candidate_choices,
+    check_export,
+    check_overrides,
+    export_group_size,
+    export_leaves_unquantized,
+)
 from workers.spec import (
     FrontierPoint,
     JobResult,
@@ -78,7 +86,15 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
     check_overrides(spec, all_layers)
+    group_size = export_group_size(spec, layers)
+    if group_size != spec.quant.group_size:  # the format's whole groups; the result records it
+        spec = spec.model_copy(update={"quant": spec.quant.model_copy(update={"group_size": group_size})})
     check_export(spec, bundle, layers)
+    # layers the export format cannot quantize (embeddings in compressed-tensors and gptq,
+    # gptq's LM head) are not quantizable in this job: they stay at their stored dtype,
+    # outside the average bits, like every other unquantized tensor
+    kept = set(export_leaves_unquantized(spec, layers))
+    layers = [layer for layer in layers if layer.name not in kept]
     scheme = spec.quant.scheme()
     weights = QuantizedWeights(bundle, scheme, progress)
 
@@ -146,6 +162,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         model={"name": bundle.name, "description": bundle.description, **bundle.info},
         layers=rows,
         unused_layers=unused,
+        export_unquantized=sorted(kept),
         summary=summary,
         solver=SolverReport(
             status=allocation.status, objective=allocation.objective,
@@ -235,6 +252,7 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
         "model": spec.model,
         "layers": {layer.name: {"w_bits": layer.w_bits, "a_bits": layer.a_bits} for layer in result.layers},
         "unused_layers": result.unused_layers,
+        "export_unquantized": result.export_unquantized,
         "quant": q.model_dump(),
         "export": spec.export,
         "summary": result.summary.model_dump(),

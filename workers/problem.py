@@ -36,7 +36,7 @@ def activation_widths(spec: JobSpec, bundle: ModelBundle, layers: Sequence[Layer
     layers left at 16 bits and for inputs that are not quantized (embeddings look up ids);
     tied layers take the widths they all allow (16 if none)."""
     modules = dict(bundle.model.named_modules())
-    kept = set(export_keeps_16_bit(spec, layers)) | set(spec.overrides.exclude)
+    kept = set(spec.overrides.exclude)
     out = {}
     for layer in layers:
         if layer.name in kept or not supports_activation_quant(modules[layer.name]):
@@ -58,11 +58,10 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
                   pairs: dict | None = None) -> Problem:
     """The integer program of the job; `omega=None` gives the feasibility problem."""
     ov = spec.overrides
-    kept = set(export_keeps_16_bit(spec, layers))
     a_of = activation_widths(spec, bundle, layers)
     solver_layers, allowed, pins = [], {}, {}
     for layer in layers:
-        if layer.name in ov.exclude or layer.name in kept:
+        if layer.name in ov.exclude:
             widths = {FULL_PRECISION_BITS}
         else:
             widths = set(ov.allowed.get(layer.name, spec.weight_bits))
@@ -99,13 +98,33 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
     )
 
 
-def export_keeps_16_bit(spec: JobSpec, layers: Sequence[LayerInfo]) -> list[str]:
-    """Layers the export format leaves unquantized (embeddings in compressed-tensors and
-    GPTQ, the LM head in GPTQ)."""
+def export_leaves_unquantized(spec: JobSpec, layers: Sequence[LayerInfo]) -> list[str]:
+    """Layers the export format cannot quantize (embeddings in compressed-tensors and
+    GPTQ, the LM head in GPTQ): `run_job` takes them out of the quantizable layers."""
     fmt = export_format(spec.export)
     return [layer.name for layer in layers
             if (layer.kind == "embedding" and not fmt.quantizes_embeddings)
             or (layer.name.rpartition(".")[2] == "lm_head" and not fmt.quantizes_lm_head)]
+
+
+def _group_fits(spec: JobSpec, layers: Sequence[LayerInfo], g: int) -> dict[str, bool]:
+    """Per quantizable layer (those the format quantizes): whether its inputs hold whole
+    groups of `g` and the format's packing multiple."""
+    fmt = export_format(spec.export)
+    kept = set(export_leaves_unquantized(spec, layers))
+    ks = {layer.name: math.prod(layer.shape[1:]) for layer in layers if layer.name not in kept}
+    return {n: not ((k > g and k % g) or k % fmt.inputs_multiple) for n, k in ks.items()}
+
+
+def export_group_size(spec: JobSpec, layers: Sequence[LayerInfo]) -> int:
+    """The job's group size, or, where the format needs whole groups, the job left the
+    group size at its default and the default does not divide every layer's inputs, the
+    largest smaller one that does (smollm2-135m: 576-wide inputs take groups of 64)."""
+    g = spec.quant.group_size
+    if (not export_format(spec.export).whole_groups or "group_size" in spec.quant.model_fields_set
+            or all(_group_fits(spec, layers, g).values())):
+        return g
+    return next((d for d in (64, 32, 16, 8) if d < g and all(_group_fits(spec, layers, d).values())), g)
 
 
 def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
@@ -125,7 +144,7 @@ def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]
                            f"{', …' if len(names) > 4 else ''}): use export 'bitalloc'")
     if fmt.whole_groups:
         g = spec.quant.group_size
-        kept = set(export_keeps_16_bit(spec, layers))
+        kept = set(export_leaves_unquantized(spec, layers))
         ks = {layer.name: math.prod(layer.shape[1:]) for layer in layers if layer.name not in kept}
         partial = sorted(n for n, k in ks.items() if (k > g and k % g) or k % fmt.inputs_multiple)
         if partial:

@@ -194,6 +194,8 @@ class JobSpec(_Strict):
         widths = set(self.weight_bits) | set(self.overrides.pins.values())
         for bits in self.overrides.allowed.values():
             widths |= set(bits)
+        if fmt.symmetric and "symmetric" not in self.quant.model_fields_set:
+            self.quant.symmetric = True  # the default: the grid the format loads
         fmt.check_spec(sorted(widths), self.quant.symmetric)
         self._check_grid(fmt)
         if self.quantizes_activations():
@@ -315,6 +317,8 @@ class JobResult(BaseModel):
     model: dict[str, Any]  # name, description and facts of the loaded model
     layers: list[LayerResult]
     unused_layers: list[str]  # no gradient path to the loss: left unquantized
+    # layers the export format cannot quantize: left unquantized, outside the average bits
+    export_unquantized: list[str] = Field(default_factory=list)
     summary: Summary
     solver: SolverReport
     quality: Quality

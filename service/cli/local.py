@@ -39,7 +39,9 @@ def build_spec(args: argparse.Namespace):
         "method": args.method,
         "method_params": parse_params(args.param),
         "budgets": parse_budgets(args.budget),
-        "quant": {"group_size": args.group_size, "symmetric": args.symmetric,
+        # group size and symmetry only when given: an export format picks its own otherwise
+        "quant": {**({"group_size": args.group_size} if args.group_size is not None else {}),
+                  **({"symmetric": True} if args.symmetric else {}),
                   "mse_clip": args.mse_clip, "algorithm": args.quantizer,
                   **({"damping": args.damping} if args.damping is not None else {}),
                   **({"act_order": True} if args.act_order else {})},
@@ -181,7 +183,9 @@ def add_local_commands(sub) -> None:
     run.add_argument("--allow", action="append", default=[], metavar="LAYER=B1/B2")
     run.add_argument("--exclude", action="append", default=[], metavar="LAYER",
                      help="leave this layer in 16-bit")
-    run.add_argument("--group-size", type=int, default=128)
+    run.add_argument("--group-size", type=int, default=None,
+                     help="weights per scale along the inputs (default 128; an export format "
+                          "that needs whole groups picks a smaller one that fits)")
     run.add_argument("--symmetric", action="store_true")
     run.add_argument("--mse-clip", action="store_true", help="MSE-optimal clipping")
     add_quantizer_option(run)

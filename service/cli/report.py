@@ -28,6 +28,9 @@ def print_report(result) -> None:
         print(f"{layer.name:<44} {layer.params:>10,} {bits:>5} {layer.omega:>11.4g}  {trace:<24}")
     if result.unused_layers:
         print(f"unused (left unquantized): {', '.join(result.unused_layers)}")
+    if result.export_unquantized:
+        print(f"left unquantized by export {result.spec.export}: "
+              f"{', '.join(result.export_unquantized)}")
     s, q = result.summary, result.quality
     print(f"\nsize {s.size_bytes / 1e6:.3f} MB (full precision {s.full_precision_bytes / 1e6:.3f} MB);"
           f" average bits {s.avg_bits:.3f} with overhead, {s.avg_bits_no_overhead:.3f} without")
@@ -51,8 +54,8 @@ def print_report(result) -> None:
             print(f"  {k} ({metric(q, k).direction} is better): full precision {q.full_precision[k]:.4g} | "
                   f"uniform {q.uniform[k]:.4g} | allocation {q.allocation[k]:.4g}")
     for u in result.uniform_activation_points:  # W8A8, W4A8, ...: uniform inputs too
-        print(f"uniform W{u.w_bits}A{u.a_bits}: {q.metric} {u.quality[q.metric]:.4g} at {result.frontier_kind} "
-              f"{u.cost:.6g}")
+        print(f"uniform W{u.w_bits}A{u.a_bits}: {q.metric} {u.quality[q.metric]:.4g} at "
+              f"{result.frontier_kind} {u.cost:.6g}")
     print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
     if result.peak_rss_mb:
         print("peak memory: " + ", ".join(f"{k} {v:,.0f} MB" for k, v in result.peak_rss_mb.items()))

@@ -1,10 +1,12 @@
 """A causal-LM job exported as compressed-tensors through run_job: the folder is
 complete (config, weights, tokenizer, allocation), transformers loads it, and its
 logits equal the fake-quantized model's at the job's allocation. The format's limits
-reach the allocation: the embedding stays in 16 bits, a group size that does not
+reach the allocation: the embedding leaves the quantizable layers, a group size that does not
 divide a layer's inputs is refused before any work."""
 
 from __future__ import annotations
+
+import json
 
 import llm_models
 import pytest
@@ -32,7 +34,13 @@ def test_a_compressed_tensors_export_loads_with_the_same_outputs(llama_source, t
                    quant={"group_size": 16, "symmetric": True})
     result = run_job(spec, artifact_dir=tmp_path, model_source=llama_source)
     bits = {layer.name: layer.w_bits for layer in result.layers}
-    assert bits["model.embed_tokens"] == 16 and min(bits.values()) < 16
+    # the format cannot quantize the (tied) embedding: it leaves the job's quantizable
+    # layers, so the average bits are over the projections alone
+    assert result.export_unquantized == ["model.embed_tokens"]
+    assert "model.embed_tokens" not in bits and min(bits.values()) < 16
+    params = {layer.name: layer.params for layer in result.layers}
+    assert result.summary.avg_bits == pytest.approx(
+        sum(layer.params * layer.bits_per_weight for layer in result.layers) / sum(params.values()))
     assert {"config.json", "model.safetensors", "allocation.json", "tokenizer.json"} <= {
         p.name for p in tmp_path.iterdir()}
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
@@ -51,3 +59,22 @@ def test_a_group_size_the_layers_do_not_fit_is_refused_before_any_work(llama_sou
                    export="compressed-tensors", quant={"group_size": 20, "symmetric": True})
     with pytest.raises(JobError, match="needs whole groups.*group_size 16 divides them all"):
         run_job(spec, artifact_dir=tmp_path, model_source=llama_source)
+
+
+def test_the_format_sets_the_grid_it_loads_where_the_job_left_it_at_the_default(tmp_path):
+    # 192-wide inputs (like smollm2-135m's 576) hold no whole groups of 128: a job that
+    # leaves the group size and symmetry at their defaults gets groups of 64, symmetric
+    folder = llm_models.save_folder(llm_models.llama(tied=True, hidden=192, intermediate=256),
+                                    tmp_path / "wide")
+    source = ModelSource("wide-llama", "hf", "llama", folder)
+    spec = JobSpec(model="wide-llama", method="empirical", budgets={"avg_bits": 5},
+                   pareto_points=0, export="compressed-tensors")
+    result = run_job(spec, artifact_dir=tmp_path / "out", model_source=source)
+    assert (result.spec.quant.group_size, result.spec.quant.symmetric) == (64, True)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert {g["weights"]["group_size"] for g in config["config_groups"].values()} == {64}
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    explicit = JobSpec(model="wide-llama", budgets={"avg_bits": 5}, pareto_points=0,
+                       export="compressed-tensors", quant={"group_size": 128})
+    with pytest.raises(JobError, match="group_size 64 divides them all"):
+        run_job(explicit, model_source=source)
