@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kernels.activation import attach_records
 from kernels.apply import (
     PACKED_TYPES,
     apply_allocation,
@@ -36,7 +37,6 @@ from kernels.apply import (
     layer_kind,
     sharing_module,
 )
-from kernels.activation import attach_records
 from kernels.layout import logical_shape, shared_users
 from kernels.quantizer import QuantizedWeight, sixteen_bit_dtype
 from kernels.scheme import QuantConfig

@@ -10,8 +10,9 @@ type's real error, scales and offsets included.
 * k-quants (rows of whole 256-value super-blocks): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, our own
   encoders below. Each sub-block takes the scale (and, for Q2_K/Q4_K/Q5_K, the offset)
   of its own range clipped by the best of a few ratios (`CLIP_RATIOS`: 1.0 down to 0.8
-  for Q2_K/Q3_K/Q4_K, least squared error, round to nearest); the sub-block scales are then quantized to the type's
-  4/6/8-bit codes against one fp16 super-block scale, and the codes are rounded to
+  for Q2_K/Q3_K/Q4_K, least squared error, round to nearest); the sub-block scales are
+  then quantized to the type's 4/6/8-bit codes against one fp16 super-block scale, and
+  the codes are rounded to
   nearest under the quantized scales. This is simpler than llama.cpp's
   `quantize_row_q*_K_ref` (`make_qkx2_quants` / `make_qx_quants`, which search more
   candidate scales per sub-block and refit them by least squares), so `llama-quantize`

@@ -25,7 +25,6 @@ from kernels.layout import is_linear_like, shared_users
 from sensitivity.bundle import Batch
 from sensitivity.perturb import Perturbation
 
-
 # the output-space probes (and output gradients) one batched backward may hold: a causal
 # LM's logits are (batch, tokens, vocabulary), 100 MB per probe for smollm2 at 512 tokens
 PROBE_CHUNK_BYTES = 256 << 20

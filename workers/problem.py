@@ -31,7 +31,8 @@ def candidate_choices(spec: JobSpec) -> list[Choice]:
     return [(b, a) for b in sorted(widths | {FULL_PRECISION_BITS}) for a in sorted(a_widths)]
 
 
-def activation_widths(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> dict[str, list[int]]:
+def activation_widths(spec: JobSpec, bundle: ModelBundle,
+                      layers: Sequence[LayerInfo]) -> dict[str, list[int]]:
     """The a_bits each layer may take: the job's (or the layer's own override), 16 alone for
     layers left at 16 bits and for inputs that are not quantized (embeddings look up ids);
     tied layers take the widths they all allow (16 if none)."""
@@ -168,7 +169,8 @@ def _check_gguf(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo])
         raise JobError(str(exc)) from None
     scheme, ov = spec.quant.scheme(), spec.overrides
     for layer in layers:
-        asked = set(ov.allowed.get(layer.name, ())) | ({ov.pins[layer.name]} if layer.name in ov.pins else set())
+        pinned = {ov.pins[layer.name]} if layer.name in ov.pins else set()
+        asked = set(ov.allowed.get(layer.name, ())) | pinned
         served = scheme.widths_for(layer.shape)
         if asked - set(served):
             k = math.prod(layer.shape[1:])

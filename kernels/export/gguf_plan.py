@@ -89,7 +89,7 @@ def tensor_names(model: nn.Module) -> dict[str, str]:
     import gguf
 
     arch = gguf_arch(model)
-    blocks = int(getattr(model.config, "num_hidden_layers"))
+    blocks = int(model.config.num_hidden_layers)
     names = gguf.get_tensor_name_map(arch, blocks)
     out, unknown = {}, []
     for name, _ in model.named_parameters():

@@ -89,7 +89,8 @@ def test_every_tensor_gets_a_valid_type_and_the_size_is_the_sum(tied, tmp_path):
         matches = [name for name in types if re.search(pattern, name)]
         assert len(matches) == 1 and qtype == qtype.lower()
     command = (tmp_path / COMMAND_FILE).read_text()
-    assert f"llama-quantize --tensor-type-file {PLAN_FILE} model-f16.gguf model-bitalloc.gguf Q4_0\n" in command
+    assert (f"llama-quantize --tensor-type-file {PLAN_FILE} model-f16.gguf model-bitalloc.gguf "
+            "Q4_0\n") in command
     assert "convert_hf_to_gguf.py MODEL_DIR --outtype f16 --outfile model-f16.gguf" in command
 
 
@@ -138,7 +139,8 @@ def test_smollm2_plan_names_the_tensors_of_llama_cpps_own_file():
     shapes = {t.name: tuple(int(d) for d in t.shape)[::-1] for t in reader.tensors}
     config = LlamaConfig(vocab_size=shapes["token_embd.weight"][0], hidden_size=field("embedding_length"),
                          intermediate_size=field("feed_forward_length"),
-                         num_hidden_layers=field("block_count"), num_attention_heads=field("attention.head_count"),
+                         num_hidden_layers=field("block_count"),
+                         num_attention_heads=field("attention.head_count"),
                          num_key_value_heads=field("attention.head_count_kv"), tie_word_embeddings=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -192,7 +194,8 @@ def test_what_the_format_cannot_take_is_refused(llama_source, tmp_path):
     with pytest.raises(ValidationError, match="algorithm 'gptq' cannot run on it; use 'rtn'"):
         JobSpec(model="tiny-llama", budgets={"avg_bits": 5}, export="gguf-plan",
                 quant={"algorithm": "gptq"})
-    with pytest.raises(ValidationError, match="export 'gguf-plan' stores the 'gguf' grid, not quant.grid 'group'"):
+    with pytest.raises(ValidationError,
+                       match="export 'gguf-plan' stores the 'gguf' grid, not quant.grid 'group'"):
         JobSpec(model="tiny-llama", budgets={"avg_bits": 5}, export="gguf-plan", quant={"grid": "group"})
     with pytest.raises(ValidationError, match="quant.grid 'gguf' \\(export 'gguf-plan' does\\)"):
         JobSpec(model="tiny-llama", budgets={"avg_bits": 5}, quant={"grid": "gguf"})

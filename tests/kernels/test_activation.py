@@ -26,7 +26,8 @@ SCHEMES = [ActivationScheme(mode, rng, sym) for mode, rng in
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)).eval()
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 5 * 5, 3)).eval()
 
 
 def _runs(n=3):
@@ -42,7 +43,8 @@ def stats():
     return model, calibrate(model, ["0", "3"], runs)
 
 
-@pytest.mark.parametrize("scheme", SCHEMES, ids=lambda s: f"{s.mode}-{s.range}-{'sym' if s.symmetric else 'asym'}")
+@pytest.mark.parametrize("scheme", SCHEMES,
+                         ids=lambda s: f"{s.mode}-{s.range}-{'sym' if s.symmetric else 'asym'}")
 def test_codes_in_range_and_error_falls_with_bits(stats, scheme):
     model, st = stats
     modules = dict(model.named_modules())

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from sens_models import tiny_distill_mlp, tiny_mlp
 
 from kernels.activation import quantized_inputs
 from kernels.scheme import ActivationScheme, QuantScheme
@@ -15,8 +16,6 @@ from sensitivity.estimators.activation_terms import input_quantized_loss
 from sensitivity.layers import discover_layers
 from sensitivity.measure import calibration_loss, replaced_weights
 from sensitivity.quantized import QuantizedWeights
-
-from sens_models import tiny_distill_mlp, tiny_mlp
 
 SCHEME = QuantScheme(group_size=4)
 TIGHT = {"tol": 0.02, "min_probes": 30, "max_probes": 1000}
@@ -32,7 +31,8 @@ def dense_input_trace(bundle, name, gauss_newton=False):
     for b in bundle.calibration:
         b = {k: (v.double() if v.is_floating_point() else v) for k, v in b.items()}
         seen = {}
-        handle = module.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
+        handle = module.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.setdefault("x", args[0].detach()))
         model(b["x"])
         handle.remove()
         x0 = seen["x"]

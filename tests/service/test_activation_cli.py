@@ -3,10 +3,8 @@ and a bad width as a one-line usage error."""
 
 import json
 
-import pytest
-
-from service.cli.local import build_spec
 from service.cli import main, make_parser
+from service.cli.local import build_spec
 
 FAST = ["--param", "tol=0.25", "--param", "min_probes=4", "--param", "max_probes=12"]
 
@@ -16,7 +14,8 @@ def _args(*extra):
 
 
 def test_build_spec_reads_the_activation_options():
-    spec = build_spec(_args("--activation-bits", "4,8,16", "--activation-range", "mse", "--activation-symmetric"))
+    spec = build_spec(_args("--activation-bits", "4,8,16", "--activation-range", "mse",
+                            "--activation-symmetric"))
     assert spec.activation_bits == [4, 8, 16]
     assert spec.quant.activation.range == "mse" and spec.quant.activation.symmetric
     assert build_spec(_args()).activation_bits == [16]

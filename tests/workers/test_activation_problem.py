@@ -39,7 +39,8 @@ def tiny():
 
 
 def spec(**kw):
-    return JobSpec.model_validate({"model": "embed-net", "method": "fisher", "budgets": {"avg_bits": 8}, **kw})
+    return JobSpec.model_validate({"model": "embed-net", "method": "fisher",
+                                   "budgets": {"avg_bits": 8}, **kw})
 
 
 def test_joint_choices_and_the_widths_each_input_takes(tiny):
