@@ -25,10 +25,6 @@ from kernels.layout import is_linear_like, shared_users
 from sensitivity.bundle import Batch
 from sensitivity.perturb import Perturbation
 
-# the output-space probes (and output gradients) one batched backward may hold: a causal
-# LM's logits are (batch, tokens, vocabulary), 100 MB per probe for smollm2 at 512 tokens
-PROBE_CHUNK_BYTES = 256 << 20
-
 
 def tangent_quadratics(pert: Perturbation, batch: Batch, i: int, probes: torch.Tensor) -> torch.Tensor:
     """(J_i v)ᵀ H_out (J_i v) for each probe v (leading dim of `probes`), float64."""
@@ -111,18 +107,7 @@ class OutputGraph:
         self.gram_x = {key: _input_gram(self.uses[key[0]][key[1]], x) for key, x in self.inputs.items()}
 
     def probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int]) -> torch.Tensor:
-        """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}.
-
-        The probes go back in chunks whose output-space tensors (the probes, and the
-        gradient of an output as wide as the model's, e.g. a causal LM's logits) stay
-        within `PROBE_CHUNK_BYTES`; the probes are drawn one after another either way, so
-        the samples do not depend on the chunking."""
-        per_probe = self.output.numel() * self.output.element_size()
-        chunk = max(1, min(k, PROBE_CHUNK_BYTES // per_probe))
-        return torch.cat([self._probe_norms(min(chunk, k - start), gen, layers)
-                          for start in range(0, k, chunk)])
-
-    def _probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int]) -> torch.Tensor:
+        """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}."""
         u = self.pert.bundle.output_loss.probes(self.output.detach(), self.batch, k, gen)
         wanted = set(layers)
         live = [key for key, z in self.z.items() if key[0] in wanted and z.requires_grad]

@@ -21,9 +21,7 @@ from sensitivity.losses import distillation_kl, distillation_mse, task_loss
 
 
 def _rademacher(shape: tuple[int, ...], like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """±1 in `like`'s dtype, drawn in it (the same draws as an int64 `randint(0, 2)`
-    without its 8-byte temporaries)."""
-    return torch.empty(shape, dtype=like.dtype).random_(0, 2, generator=gen).mul_(2).sub_(1)
+    return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(like.dtype)
 
 
 def _softmax_factor_probes(logits: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -130,10 +128,10 @@ def _token_probes(logits: torch.Tensor, weight: torch.Tensor, k: int,
     sp = p.sqrt()
     scale = weight.double().sqrt().unsqueeze(-1)
     out = torch.empty((k, *logits.shape), dtype=logits.dtype)
-    for j in range(k):  # in place: a (tokens × vocabulary) float64 tensor is large
-        u = _rademacher(tuple(logits.shape), p, gen).mul_(sp)
-        u.addcmul_(p, u.sum(-1, keepdim=True), value=-1).mul_(scale)
-        out[j] = u
+    for j in range(k):
+        r = _rademacher(tuple(logits.shape), p, gen)
+        u = sp * r - p * (sp * r).sum(-1, keepdim=True)
+        out[j] = (u * scale).to(logits.dtype)
     return out
 
 
