@@ -118,11 +118,12 @@ def _group_fits(spec: JobSpec, layers: Sequence[LayerInfo], g: int) -> dict[str,
 
 
 def export_group_size(spec: JobSpec, layers: Sequence[LayerInfo]) -> int:
-    """The job's group size, or, where the format needs whole groups, the job left the
-    group size at its default and the default does not divide every layer's inputs, the
-    largest smaller one that does (smollm2-135m: 576-wide inputs take groups of 64)."""
+    """The job's group size, or, where the format needs whole groups and the job's is
+    the default (128) that does not divide every layer's inputs, the largest smaller one
+    that does (smollm2-135m: 576-wide inputs take groups of 64). Decided on the value,
+    not on whether it was given: a spec stored by the service has every field set."""
     g = spec.quant.group_size
-    if (not export_format(spec.export).whole_groups or "group_size" in spec.quant.model_fields_set
+    if (not export_format(spec.export).whole_groups or g != QuantScheme.group_size
             or all(_group_fits(spec, layers, g).values())):
         return g
     return next((d for d in (64, 32, 16, 8) if d < g and all(_group_fits(spec, layers, d).values())), g)

@@ -62,8 +62,9 @@ def test_a_group_size_the_layers_do_not_fit_is_refused_before_any_work(llama_sou
 
 
 def test_the_format_sets_the_grid_it_loads_where_the_job_left_it_at_the_default(tmp_path):
-    # 192-wide inputs (like smollm2-135m's 576) hold no whole groups of 128: a job that
-    # leaves the group size and symmetry at their defaults gets groups of 64, symmetric
+    # 192-wide inputs (like smollm2-135m's 576) hold no whole groups of 128: a job at the
+    # default group size and symmetry gets groups of 64, symmetric; a group size of
+    # its own that does not fit is refused
     folder = llm_models.save_folder(llm_models.llama(tied=True, hidden=192, intermediate=256),
                                     tmp_path / "wide")
     source = ModelSource("wide-llama", "hf", "llama", folder)
@@ -74,7 +75,10 @@ def test_the_format_sets_the_grid_it_loads_where_the_job_left_it_at_the_default(
     config = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
     assert {g["weights"]["group_size"] for g in config["config_groups"].values()} == {64}
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    explicit = JobSpec(model="wide-llama", budgets={"avg_bits": 5}, pareto_points=0,
-                       export="compressed-tensors", quant={"group_size": 128})
+    # the same spec as the service stores it (every field set) takes the same groups
+    stored = JobSpec.model_validate(spec.model_dump(mode="json"))
+    assert run_job(stored, model_source=source).spec.quant.group_size == 64
+    other = JobSpec(model="wide-llama", budgets={"avg_bits": 5}, pareto_points=0,
+                    export="compressed-tensors", quant={"group_size": 96})
     with pytest.raises(JobError, match="group_size 64 divides them all"):
-        run_job(explicit, model_source=source)
+        run_job(other, model_source=source)
