@@ -73,6 +73,15 @@ class QuantSettings(_Strict):
                            self.adaquant_lr, activation=self.activation.scheme(), grid=self.grid)
 
 
+def _check_layer_widths(widths: dict[str, list[int]], check, what: str) -> None:
+    """Per-layer width lists: none empty, every width one `check` accepts."""
+    for name, bits in widths.items():
+        if not bits:
+            raise ValueError(f"{what} for {name!r} are empty")
+        for b in bits:
+            check(b)
+
+
 class Overrides(_Strict):
     """Per-layer control: pin a layer's bits, restrict its widths, or leave it at 16."""
 
@@ -85,11 +94,7 @@ class Overrides(_Strict):
     @field_validator("activation_bits")
     @classmethod
     def _activation_bits(cls, allowed):
-        for name, bits in allowed.items():
-            if not bits:
-                raise ValueError(f"activation widths for {name!r} are empty")
-            for b in bits:
-                check_activation_bits(b)
+        _check_layer_widths(allowed, check_activation_bits, "activation widths")
         return {name: sorted(set(bits)) for name, bits in allowed.items()}
 
     @field_validator("pins")
@@ -100,11 +105,7 @@ class Overrides(_Strict):
     @field_validator("allowed")
     @classmethod
     def _allowed(cls, allowed):
-        for name, bits in allowed.items():
-            if not bits:
-                raise ValueError(f"allowed widths for {name!r} are empty")
-            for b in bits:
-                check_weight_bits(b)
+        _check_layer_widths(allowed, check_weight_bits, "allowed widths")
         return allowed
 
 
