@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from kernels.activation import ActivationQuantizer, attach
 from kernels.fake_quant import fake_quantize_weight
 from kernels.layout import is_transposed_linear, shared_users
 from kernels.modules import QuantConv, QuantConv1DT, QuantEmbedding, QuantLinear
@@ -80,12 +81,33 @@ def sharing_module(user: nn.Module, owner: nn.Module) -> nn.Module:
     return QuantLinear.sharing(owner, user.bias)
 
 
+def attach_input_quantizers(model: nn.Module,
+                            quantizers: Mapping[str, ActivationQuantizer]) -> list:
+    """Quantize the named layers' inputs: a packed linear layer takes its quantizer itself
+    (and computes in integers when both widths are at most 8 bits, `kernels.int8`); any
+    other layer gets the fake-quantizing pre-hook (`kernels.activation.attach`). Returns the
+    hook handles."""
+    modules = dict(model.named_modules())
+    unknown = sorted(set(quantizers) - set(modules))
+    if unknown:
+        raise ValueError(f"no such layers in the model: {', '.join(unknown)}")
+    hooked = {}
+    for name, q in quantizers.items():
+        if isinstance(modules[name], QuantLinear):
+            modules[name].quantize_inputs(q)
+        else:
+            hooked[name] = q
+    return attach(model, hooked)
+
+
 @torch.no_grad()
 def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig],
-                     quantized: Mapping[str, QuantizedWeight] | None = None) -> nn.Module:
+                     quantized: Mapping[str, QuantizedWeight] | None = None,
+                     activations: Mapping[str, ActivationQuantizer] | None = None) -> nn.Module:
     """A copy of `model` with each layer named in `configs` packed at its config's width:
     the codes in `quantized` where it has the layer (the job's quantizer chose them),
-    otherwise rounded to nearest.
+    otherwise rounded to nearest; `activations`: input quantizers of layers at a_bits < 16
+    (`attach_input_quantizers`: packed linear layers compute in integers).
 
     Layers already packed with the same config are kept (applying twice is harmless);
     raises ValueError for unknown names, non-quantizable modules, a packed layer
@@ -123,4 +145,6 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig],
                 packed.set_submodule(user, sharing_module(packed.get_submodule(user), owner))
         else:  # left in 16-bit: the values its 16-bit storage holds (shared users see them too)
             module.weight.data = fake_quantize_weight(module, config)
+    if activations:
+        attach_input_quantizers(packed, activations)
     return packed

@@ -29,10 +29,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from kernels.activation import attach_records
+from kernels.activation import ActivationQuantizer
 from kernels.apply import (
     PACKED_TYPES,
     apply_allocation,
+    attach_input_quantizers,
     empty_packed_module,
     layer_kind,
     sharing_module,
@@ -124,8 +125,11 @@ def load_artifact(directory: str | os.PathLike,
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"the artifact does not fit the model built: {exc}") from None
-    # layers at a_bits < 16: their input quantizers, as the evaluation ran them (pre-hooks)
-    attach_records(model, meta["allocation"].get("activations", {}))
+    # layers at a_bits < 16: their input quantizers, as the evaluation ran them; packed
+    # linear layers at w, a <= 8 bits compute in integers (kernels.int8), the rest get hooks
+    records = meta["allocation"].get("activations", {})
+    attach_input_quantizers(model, {n: ActivationQuantizer.from_record(r)
+                                    for n, r in records.items()})
     return model.eval()
 
 

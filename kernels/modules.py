@@ -2,7 +2,9 @@
 
 * `QuantLinear`: y = x @ dequant(Wq)^T + b through the `bitalloc::wq_linear` op (Triton on
   CUDA, the torch path elsewhere). `QuantConv1DT` is the same for transformers' `Conv1D`
-  (weight stored (in, out), packed from its (out, in) quantizer view).
+  (weight stored (in, out), packed from its (out, in) quantizer view). Given an input
+  quantizer (`QuantLinear.quantize_inputs`) with both widths at most 8 bits, it computes in
+  integers instead (`kernels.int8`: int8 × int8 → int32, then the rescale).
 * `QuantConv`: a Conv1d/Conv2d whose weight (out, in/groups, *kernel) is packed as
   (out, in/groups * prod(kernel)); dequantized per call into F.conv1d / F.conv2d.
 * `QuantEmbedding`: dequantizes only the looked-up rows.
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.activation import ActivationQuantizer
+from kernels.int8 import IntWeight, int8_linear, supports_integer_path
 from kernels.ops import linear_2d
 from kernels.packed_weight import PackedWeight, pack_weight
 from kernels.packing import packed_rows
@@ -91,6 +95,29 @@ class QuantLinear(_Packed):
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device)
                              if bias else None)
+        self.input_quantizer: ActivationQuantizer | None = None
+        self._int_weight: tuple[tuple, IntWeight] | None = None
+
+    def quantize_inputs(self, quantizer: ActivationQuantizer | None) -> None:
+        """Quantize this layer's input with `quantizer` (None: leave it in float). With both
+        widths at most 8 bits (W8A8, W4A8, ...) the layer then computes in integers
+        (`kernels.int8`); otherwise its input is fake-quantized before the weight-only path."""
+        if quantizer is not None and quantizer.dim != -1:
+            raise ValueError("a linear layer's input is quantized along its last dimension")
+        self.input_quantizer = quantizer
+
+    @property
+    def integer_path(self) -> bool:
+        """Whether forward computes in integers (int8 × int8 → int32)."""
+        return supports_integer_path(self.config.bits, self.input_quantizer)
+
+    def int_weight(self) -> IntWeight:
+        """The weight as int8 operands, unpacked once and kept until the buffers change."""
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.qweight, self.scales,
+                                                                   self.zeros))
+        if self._int_weight is None or self._int_weight[0] != key:
+            self._int_weight = (key, IntWeight.from_packed(self.packed))
+        return self._int_weight[1]
 
     @classmethod
     def empty_like(cls, linear: nn.Linear, config: QuantConfig) -> QuantLinear:
@@ -126,15 +153,23 @@ class QuantLinear(_Packed):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x has {x.shape[-1]} features, expected {self.in_features}")
+        quantizer = self.input_quantizer
+        if quantizer is not None and self.integer_path:
+            y = int8_linear(x.reshape(-1, self.in_features), quantizer, self.int_weight(),
+                            self.bias)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        if quantizer is not None:
+            x = quantizer.fake_quantize(x)
         y = linear_2d(x.reshape(-1, self.in_features), self.qweight, self.scales, self.zeros,
                       self.bias, self.config.bits, self.config.group_size_for(self.in_features),
                       self.in_features, self.config.symmetric)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        a = "" if self.input_quantizer is None else f", a_bits={self.input_quantizer.bits}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, bits={self.config.bits}, "
-                f"group_size={self.config.group_size}")
+                f"group_size={self.config.group_size}{a}")
 
 
 class QuantConv1DT(QuantLinear):
