@@ -69,11 +69,11 @@ def calibration_ids(tokenizer, sequences: int) -> torch.Tensor:
 
 
 def with_calibration(bundle, ids: torch.Tensor):
-    """The bundle with `ids` as its calibration batches, 8 sequences a batch (the family
-    runs one a batch: the same XᵀX, fewer calls). GPTQ only runs the model on them: no
+    """The bundle with `ids` as its quantizer's calibration batches
+    (`quantizer_calibration`), 8 sequences a batch. GPTQ only runs the model on them: no
     distillation targets needed."""
     batches = causal_lm.chunks({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 8)
-    return dataclasses.replace(bundle, calibration=batches)
+    return dataclasses.replace(bundle, quantizer_calibration=batches)
 
 
 def export(bundle, work: Path, counts: list[int]) -> dict[int, Path]:
@@ -312,8 +312,7 @@ def main(argv=None) -> int:
         log(f"{key}: running")
         if source == "bitalloc":
             if calib and calib not in bundles:
-                bundles[calib] = bundle if calib == causal_lm.CALIBRATION_SEQUENCES else \
-                    with_calibration(bundle, calibration_ids(bundle.tokenizer, calib))
+                bundles[calib] = with_calibration(bundle, calibration_ids(bundle.tokenizer, calib))
             row, model = run_bitalloc(bundles.get(calib, bundle), names, method, bits, g, calib,
                                       damping, args.adaquant_steps)
         else:

@@ -33,6 +33,13 @@ class ModelBundle:
     `inputs(batch)` gives the positional model inputs for attribution libraries
     that call `model(*inputs)` (captum). `tied_groups` name the layers that must
     share their bits.
+
+    `quantizer_calibration`, when given, is the data GPTQ and AdaQuant take their
+    layer inputs (XᵀX) from instead of `calibration`: input-only batches (only
+    `forward` runs on them, no targets, no gradients), typically many more tokens
+    than the sensitivity methods can afford (a layer's Hessian needs far more rows
+    than its K columns). `quantizer_batches` is what they use; without it, the
+    calibration batches themselves.
     """
 
     name: str
@@ -51,10 +58,16 @@ class ModelBundle:
     # uploaded model's config.json): part of the sensitivity cache key when set
     cache_salt: str = ""
     tokenizer: Any = None  # a Hugging Face model's tokenizer, written beside exports
+    quantizer_calibration: Sequence[Batch] | None = None  # None: `calibration`
 
     def __post_init__(self):
         if not self.metrics:
             raise ValueError(f"{self.name}: a bundle declares at least its headline metric")
+
+    @property
+    def quantizer_batches(self) -> Sequence[Batch]:
+        """The batches GPTQ / AdaQuant collect layer inputs from."""
+        return self.calibration if self.quantizer_calibration is None else self.quantizer_calibration
 
     @property
     def headline(self) -> Metric:

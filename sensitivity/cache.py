@@ -3,7 +3,9 @@
 A table's key is a SHA-256 over everything that determines it: the model's
 weights (every state_dict tensor), the calibration data, the method and its
 parameters, the quantizer config, the candidate choices and the layers, the
-bundle's `cache_salt` (an uploaded model's config) when it has one, plus
+bundle's `cache_salt` (an uploaded model's config) when it has one, the
+quantizer's own calibration batches (`ModelBundle.quantizer_calibration`) when the
+bundle has them and the quantizer reads them (GPTQ, AdaQuant), plus
 `FORMAT` (bumped when an estimator's numbers change). Layout under
 `sensitivity.paths.cache_dir("tables")`:
 
@@ -55,6 +57,10 @@ def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], cho
     for i, batch in enumerate(bundle.calibration):
         for k in sorted(batch):
             _update_tensor(h, f"c{i}:{k}", batch[k])
+    if quant.calibrated and bundle.quantizer_calibration is not None:  # RTN keys stay put
+        for i, batch in enumerate(bundle.quantizer_calibration):
+            for k in sorted(batch):
+                _update_tensor(h, f"q{i}:{k}", batch[k])
     return h.hexdigest()
 
 

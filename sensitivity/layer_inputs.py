@@ -1,5 +1,7 @@
 """Layer inputs from calibration data, collected with forward pre-hooks: the XᵀX
-(`kernels.hessian.LayerHessian`) GPTQ and AdaQuant quantize a layer with.
+(`kernels.hessian.LayerHessian`) GPTQ and AdaQuant quantize a layer with, over the
+bundle's quantizer calibration (`quantizer_runs`: `ModelBundle.quantizer_batches`,
+which may hold many more tokens than the sensitivity methods' `calibration`).
 
 Two ways to collect:
 
@@ -40,6 +42,11 @@ class _Stop(Exception):
 def calibration_runs(bundle: ModelBundle) -> list[BatchRun]:
     """One callable per calibration batch, running `bundle.forward` on it."""
     return [partial(_forward, bundle, batch) for batch in bundle.calibration]
+
+
+def quantizer_runs(bundle: ModelBundle) -> list[BatchRun]:
+    """One callable per batch of the quantizer's calibration (`bundle.quantizer_batches`)."""
+    return [partial(_forward, bundle, batch) for batch in bundle.quantizer_batches]
 
 
 def _forward(bundle: ModelBundle, batch, model: nn.Module):

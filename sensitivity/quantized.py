@@ -17,6 +17,12 @@ Layers the algorithm cannot calibrate are rounded to nearest and said so in
 convolutions, and weights shared by several modules (a tied LM head sees other
 inputs than the embedding that holds the weight).
 
+The inputs come from the bundle's quantizer calibration (`bundle.quantizer_batches`:
+for the causal-LM family on its built-in prose, 128 windows of 128 tokens instead of
+the sensitivity methods' 8; elsewhere the calibration batches). AdaQuant needs no
+more of them than GPTQ: its refinement reads only XᵀX and the mean input row, and
+its BatchNorm re-estimation runs the model over the same batches.
+
 Two kinds of inputs (`sensitivity.layer_inputs`): per-layer Q_b(W_l) for the
 tables comes from the full-precision model's inputs, one Hessian per layer
 gathered once and reused for every width; `apply(choices)` quantizes sequentially,
@@ -45,7 +51,7 @@ from kernels.quantizer import QuantizedWeight, quantize
 from kernels.scheme import ACTIVATION_BITS, QuantConfig, QuantScheme
 from sensitivity.activations import QuantizedActivations
 from sensitivity.bundle import ModelBundle
-from sensitivity.layer_inputs import calibration_runs, collect_hessians, quantize_sequentially
+from sensitivity.layer_inputs import collect_hessians, quantize_sequentially, quantizer_runs
 from sensitivity.layers import quantizable_modules
 from sensitivity.progress import Progress, no_progress
 from sensitivity.table import Choice
@@ -175,7 +181,7 @@ class QuantizedWeights:
             module = self.modules[name]
             config = self.scheme.config(bits)
             if self.calibrated(name):
-                hessian = self._hessian(name)
+                hessian = self.hessian(name)
                 start = time.perf_counter()
                 self._codes[key], self._bias_shift[key] = self._calibrate(name, module, hessian, config)
                 self.seconds["layers"] += time.perf_counter() - start
@@ -189,19 +195,21 @@ class QuantizedWeights:
         todo = [(n, b) for n in names for b in sorted(set(bits))
                 if b < 16 and self.calibrated(n) and (n, b) not in self._codes]
         if todo:
-            self._hessian(todo[0][0])  # the inputs first, reported as such
+            self.hessian(todo[0][0])  # the inputs first, reported as such
         for i, (name, b) in enumerate(todo):
             self.progress(self.stage, i / len(todo),
                           f"{self.scheme.algorithm}: {name} at {b} bits ({i + 1}/{len(todo)})")
             self.quantized(name, b)
 
-    def _hessian(self, name: str) -> LayerHessian:
+    def hessian(self, name: str) -> LayerHessian:
+        """The XᵀX of layer `name` over the quantizer calibration, the model at full
+        precision (collected for every calibrated layer in one pass, on first use)."""
         if self._hessians is None:
             start = time.perf_counter()
             names = [n for n in quantizable_modules(self.bundle.model) if self.calibrated(n)]
             self.progress(self.stage, 0.0, f"{self.scheme.algorithm}: collecting the inputs of "
                                            f"{len(names)} layers")
-            self._hessians = collect_hessians(self.bundle.model, names, calibration_runs(self.bundle))
+            self._hessians = collect_hessians(self.bundle.model, names, quantizer_runs(self.bundle))
             self.seconds["hessians"] += time.perf_counter() - start
         return self._hessians[name]
 
@@ -280,7 +288,7 @@ class QuantizedWeights:
                           f"{self.scheme.algorithm}: {name} at {configs[name].bits} bits "
                           f"({done[0]}/{len(pending)}, sequential)")
 
-        runs = calibration_runs(self.bundle)
+        runs = quantizer_runs(self.bundle)
         order = quantize_sequentially(model, pending, runs, quantize_layer, report)
         if self.scheme.algorithm == "adaquant":
             reestimate_batchnorm(model, lambda m: [run(m) for run in runs])

@@ -6,13 +6,16 @@ architecture, and uploaded GGUF files (dequantized to fp32).
 Calibration: token sequences — the uploaded texts (one sequence per text, at most
 `SEQUENCE_LENGTH` tokens; even rows calibrate, odd rows evaluate) or token ids, or
 else windows of `SEQUENCE_LENGTH` tokens from the calibration half of the built-in
-prose (`sensitivity.data.prose`). Loss: self-distillation KL to the full-precision
-next-token distributions at every real token (zero residual: `fisher` measures the
-exact Gauss–Newton trace, which is then the Hessian's). An uploaded safetensors
-dataset with `labels` of the shape of `inputs` (the Hugging Face convention: the
-input ids themselves, −100 where no loss is wanted) selects next-token
-cross-entropy instead. Quality on held-out text: perplexity (headline), mean KL to
-the full-precision distributions and top-1 agreement with them.
+prose (`sensitivity.data.prose`). GPTQ and AdaQuant take their layer inputs from
+more of that half (`QUANTIZER_SEQUENCES` windows, input-only:
+`ModelBundle.quantizer_calibration`), on uploaded data from its calibration rows.
+Loss: self-distillation KL to the full-precision next-token distributions at every
+real token (zero residual: `fisher` measures the exact Gauss–Newton trace, which is
+then the Hessian's). An uploaded safetensors dataset with `labels` of the shape of
+`inputs` (the Hugging Face convention: the input ids themselves, −100 where no loss
+is wanted) selects next-token cross-entropy instead. Quality on held-out text:
+perplexity (headline), mean KL to the full-precision distributions and top-1
+agreement with them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ CALIBRATION_SEQUENCES = 8  # 1,024 calibration tokens from the built-in prose
 CALIBRATION_BATCH = 1  # one sequence per batch: Gauss–Newton probes hold (probes, tokens, vocabulary)
 EVALUATION_SEQUENCES = 16  # 2,048 held-out tokens
 EVALUATION_BATCH = 2
+# GPTQ / AdaQuant's layer inputs (`ModelBundle.quantizer_calibration`) on the built-in
+# prose: 16,384 tokens (or as many windows as the calibration half holds) from the
+# calibration half — 1,024 leave a layer's XᵀX (K up to 1,536) nearly singular and GPTQ
+# overfits them. Forward passes only (no targets, no probes): 8 sequences a batch.
+QUANTIZER_SEQUENCES = 128
+QUANTIZER_BATCH = 8
 MODEL_INPUTS = ("input_ids", "attention_mask")
 ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 DISTILLATION = "self-distillation KL to the full-precision next-token distributions"
@@ -91,10 +100,14 @@ def load(request: ModelRequest) -> ModelBundle:
             description = "smollm2-135m architecture (Llama, 30 blocks) with uploaded weights"
     calibration, evaluation, data_facts = _data(request, model, tokenizer)
     facts.update(data_facts)
+    quantizer = corpus_quantizer_batches(tokenizer, _max_tokens(model)) if request.data is None else None
+    facts.update(quantizer_facts(quantizer, calibration))
     salt = hashlib.sha256(f"{salt}|{FAMILY.name}|seq={SEQUENCE_LENGTH}|v1".encode()).hexdigest() \
         if salt else ""
-    return causal_lm_bundle(name, model, calibration, evaluation, description=description,
-                            info=facts, cache_salt=salt, tokenizer=tokenizer)
+    bundle = causal_lm_bundle(name, model, calibration, evaluation, description=description,
+                              info=facts, cache_salt=salt, tokenizer=tokenizer)
+    bundle.quantizer_calibration = quantizer
+    return bundle
 
 
 def _folder(request: ModelRequest):
@@ -184,6 +197,27 @@ def corpus_batches(tokenizer, length: int):
         "evaluation": f"built-in prose, chapters VII-XII (no overlap with calibration): "
                       f"{held.shape[0]} sequences of {length} tokens",
         "loss": DISTILLATION, "sequence_length": length}
+
+
+def corpus_quantizer_batches(tokenizer, length: int) -> list[Batch]:
+    """The quantizer's calibration on the built-in prose: the first `QUANTIZER_SEQUENCES`
+    windows of `length` tokens of the calibration half (as many as it holds if fewer;
+    the sensitivity calibration's windows are the first of them), input-only."""
+    ids = windows(tokenizer, load_prose().calibration, length, QUANTIZER_SEQUENCES)
+    return chunks({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, QUANTIZER_BATCH)
+
+
+def quantizer_facts(quantizer: Sequence[Batch] | None, calibration: Sequence[Batch]) -> dict:
+    """What GPTQ / AdaQuant calibrate on: the prose windows, or (uploaded data: all its
+    calibration rows, already capped) the calibration batches themselves."""
+    batches = calibration if quantizer is None else quantizer
+    sequences = sum(int(b["input_ids"].shape[0]) for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    what = ("the calibration sequences" if quantizer is None else
+            f"built-in prose, chapters I-VI: {sequences} sequences of "
+            f"{int(batches[0]['input_ids'].shape[1])} tokens")
+    return {"quantizer_calibration": f"{what} (GPTQ / AdaQuant layer inputs, forward passes only)",
+            "quantizer_calibration_sequences": sequences, "quantizer_calibration_tokens": tokens}
 
 
 def forward(model: nn.Module, batch: Batch) -> torch.Tensor:

@@ -235,3 +235,39 @@ def test_block_by_block_equals_model_wide_passes(monkeypatch):
     for name in names:
         assert torch.allclose(blockwise[name], wide[name], rtol=1e-5, atol=1e-5), name
     assert model_runs < model_runs_wide / 2, (model_runs, model_runs_wide)
+
+
+def test_the_quantizer_calibration_feeds_gptq_and_only_it():
+    """A bundle without `quantizer_calibration` quantizes from its calibration batches;
+    with one, GPTQ's XᵀX (per layer and sequential) comes from those batches instead,
+    and the cache key of a GPTQ table (not of an RTN one) depends on them."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from sensitivity.cache import table_key
+
+    plain = tiny_bundle()
+    assert plain.quantizer_calibration is None and plain.quantizer_batches is plain.calibration
+    gptq = QuantScheme(group_size=16, algorithm="gptq")
+    assert QuantizedWeights(plain, gptq).hessian("fc1").rows == 2 * 24 * 12
+    extra = [{"ids": torch.randint(0, 20, (40, 12), generator=torch.Generator().manual_seed(i))}
+             for i in range(3)]
+    more = dataclasses.replace(plain, quantizer_calibration=extra)
+    weights = QuantizedWeights(more, gptq)
+    assert weights.hessian("fc1").rows == weights.hessian("att.q").rows == 3 * 40 * 12
+    rows = {}
+    calibrate = weights._calibrate
+    weights._calibrate = lambda n, m, h, c: (rows.__setitem__(n, h.rows), calibrate(n, m, h, c))[1]
+    weights.apply({"att.q": (3, 16), "fc1": (3, 16)})
+    assert rows == {"att.q": 3 * 40 * 12, "fc1": 3 * 40 * 12}
+
+    layers = [SimpleNamespace(name=n) for n in LAYERS]
+    choices = [(3, 16), (16, 16)]
+    rtn = QuantScheme(group_size=16)
+    assert table_key("fisher", plain, layers, choices, rtn, {}) == \
+        table_key("fisher", more, layers, choices, rtn, {})
+    assert table_key("fisher", plain, layers, choices, gptq, {}) != \
+        table_key("fisher", more, layers, choices, gptq, {})
+    other = dataclasses.replace(plain, quantizer_calibration=extra[:2])
+    assert table_key("fisher", more, layers, choices, gptq, {}) != \
+        table_key("fisher", other, layers, choices, gptq, {})
