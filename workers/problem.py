@@ -60,6 +60,15 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
     """The integer program of the job; `omega=None` gives the feasibility problem."""
     ov = spec.overrides
     a_of = activation_widths(spec, bundle, layers)
+    fmt = export_format(spec.export)
+
+    def inputs_for(b: int, a_widths: list[int]) -> list[int]:
+        # a format storing input quantization only with quantized weights: 16-bit weights
+        # keep 16-bit inputs
+        if fmt.inputs_need_weights and b >= FULL_PRECISION_BITS:
+            return [A_BITS]
+        return a_widths
+
     solver_layers, allowed, pins = [], {}, {}
     for layer in layers:
         if layer.name in ov.exclude:
@@ -74,18 +83,20 @@ def build_problem(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo
         options = {
             (b, a): Option(omega=omega[layer.name].get((b, a), 0.0) if omega else 0.0,
                            costs=choice_costs(layer, (b, a), scheme, spec.latency_table))
-            for b in sorted(widths) for a in a_widths
+            for b in sorted(widths) for a in inputs_for(b, a_widths)
         }
         solver_layers.append(Layer(layer.name, layer.params, options, layer.group))
         if layer.name in ov.allowed:
-            allowed[layer.name] = frozenset((b, a) for b in ov.allowed[layer.name] for a in a_widths)
+            allowed[layer.name] = frozenset((b, a) for b in ov.allowed[layer.name]
+                                            for a in inputs_for(b, a_widths))
         if layer.name in ov.pins:  # a pin fixes w_bits; a_bits stays the solver's where several
-            pinned = frozenset((ov.pins[layer.name], a) for a in a_widths)
+            pin_inputs = inputs_for(ov.pins[layer.name], a_widths)
+            pinned = frozenset((ov.pins[layer.name], a) for a in pin_inputs)
             both = allowed.get(layer.name, pinned) & pinned
-            if len(a_widths) > 1 and both:
+            if len(pin_inputs) > 1 and both:
                 allowed[layer.name] = both
             else:  # one activation width, or a pin the allowed widths exclude (explained)
-                pins[layer.name] = (ov.pins[layer.name], a_widths[-1])
+                pins[layer.name] = (ov.pins[layer.name], pin_inputs[-1])
     fixed = {"size_bytes": fixed_bytes(bundle.model, layers)}
     if spec.latency_table:
         fixed["latency_ms"] = spec.fixed_latency_ms

@@ -201,9 +201,10 @@ class JobSpec(_Strict):
         self._check_grid(fmt)
         if self.quantizes_activations():
             check_activation_method(self.method)
-            if self.export != "bitalloc":
+            if not fmt.input_quantization:
+                able = " or ".join(repr(f.name) for f in EXPORT_FORMATS.values() if f.input_quantization)
                 raise ValueError(f"export {self.export!r} does not store activation quantization; "
-                                 "activation bits below 16 need export 'bitalloc'")
+                                 f"activation bits below 16 need export {able}")
         top = self.budgets.get("max_quality_drop")
         if self.min_quality_drop is not None and (top is None or self.min_quality_drop > top):
             raise ValueError("min_quality_drop needs a max_quality_drop budget at least as large")

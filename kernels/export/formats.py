@@ -23,6 +23,8 @@ class ExportFormat:
     fused_ties: bool = False  # q/k/v and gate/up share their bits (the engine fuses them)
     hf_folder: bool = False  # writes a Hugging Face model folder (needs a transformers model)
     grid: str = "group"  # the weight grid it stores (kernels.scheme.GRIDS): a job uses it
+    input_quantization: bool = False  # stores layers' input quantizers (a_bits < 16)
+    inputs_need_weights: bool = False  # ... only of layers whose weights it quantizes
 
     def check_spec(self, weight_bits: list[int], symmetric: bool) -> None:
         """Raise ValueError with the reason when a job's settings cannot be exported."""
@@ -37,14 +39,17 @@ class ExportFormat:
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("bitalloc", "bitalloc's packed artifact (model.safetensors + allocation.json), "
-                 "run by kernels.artifact.load_artifact", WEIGHT_BITS),
+                 "run by kernels.artifact.load_artifact", WEIGHT_BITS, input_quantization=True),
     # symmetric only: transformers' CPU loader (compressed-tensors 0.20) cannot build the
     # packed zero points of asymmetric groups, and vLLM's Marlin/Machete kernels serve
     # symmetric groups
     ExportFormat("compressed-tensors", "compressed-tensors pack-quantized Hugging Face folder "
                  "(transformers with the compressed-tensors package, vLLM)",
                  (2, 3, 4, 5, 6, 8, 16), symmetric=True, whole_groups=True,
-                 quantizes_embeddings=False, layer_kinds=("linear", "embedding"), hf_folder=True),
+                 quantizes_embeddings=False, layer_kinds=("linear", "embedding"), hf_folder=True,
+                 # a config group's input_activations: int, static per tensor (with its
+                 # input_scale) or dynamic per token, on the layers whose weights it packs
+                 input_quantization=True, inputs_need_weights=True),
     # vLLM's gptq method: 2/3/4/8-bit groups with zero points, fused q/k/v and gate/up,
     # embeddings and the LM head in 16 bits
     ExportFormat("gptq", "GPTQ Hugging Face folder with per-module `dynamic` bits (vLLM's gptq "

@@ -47,11 +47,17 @@ def write_export(name: str, model: nn.Module, configs: Mapping[str, QuantConfig]
     from kernels.layout import quantizer_view
     from kernels.quantizer import quantize
 
-    exporter = {"compressed-tensors": export_compressed_tensors, "gptq": export_gptq}[name]
     modules = dict(model.named_modules())
     given = quantized or {}
     codes = {n: given[n] if n in given else quantize(quantizer_view(modules[n]), c)
              for n, c in configs.items() if c.quantized}
-    exporter(model, codes, out, tokenizer=tokenizer)
+    activations = allocation_json.get("activations") or {}
+    if name == "compressed-tensors":  # its config groups carry the input quantizers
+        export_compressed_tensors(model, codes, out, tokenizer=tokenizer, activations=activations)
+    elif activations:
+        raise ValueError(f"export {name!r} does not store activation quantization "
+                         f"({len(activations)} layers have quantized inputs)")
+    else:
+        export_gptq(model, codes, out, tokenizer=tokenizer)
     (out / ALLOCATION_FILE).write_text(json.dumps(allocation_json, indent=2) + "\n")
     return out
