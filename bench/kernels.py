@@ -12,8 +12,13 @@ same run. Achieved bandwidth = bytes read and written per call (packed weight, s
 zeros, activations, output) / time, as a share of the device's copy bandwidth measured
 at the start (a device-to-device copy of 1 GiB). Prints a table and writes JSON.
 
-Without CUDA it says so and runs a tiny CPU sanity check of the torch path instead (and
-exits 0), writing `bench/results/kernels-cpu-sanity.json`.
+W8A8 rows: the integer path of a packed layer with a quantized input (`kernels.int8`:
+dynamic per-token symmetric int8 input, symmetric int8 weight per output channel, one
+`torch._int_mm` and the rescale) against the same fp16 matmul, timed eagerly (events around
+plain calls), its error against the fake-quantized float product.
+
+Without CUDA it says so and runs a tiny CPU sanity check of the torch path and the W8A8
+integer path instead (and exits 0), writing `bench/results/kernels-cpu-sanity.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ sys.path.insert(0, str(_HERE.parent))
 
 import torch  # noqa: E402
 
+from kernels.activation import ActivationQuantizer  # noqa: E402
+from kernels.int8 import IntWeight, int8_linear  # noqa: E402
 from kernels.ops import quant_linear  # noqa: E402
 from kernels.packed_weight import PackedWeight, pack_weight  # noqa: E402
 from kernels.scheme import QuantConfig  # noqa: E402
@@ -106,6 +113,21 @@ def time_eager_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+W8A8_INPUT = ActivationQuantizer(8, "dynamic", True, -1)  # per-token symmetric int8
+
+
+def w8a8_operands(w: torch.Tensor):
+    """(IntWeight, dequantized weight) of `w` at 8 bits, symmetric, per output channel."""
+    packed = pack_weight(w, QuantConfig(8, w.shape[1], symmetric=True))
+    return IntWeight.from_packed(packed), packed.dequantize(torch.float32)
+
+
+def w8a8_error(x: torch.Tensor, weight: IntWeight, dense: torch.Tensor) -> float:
+    """max |int8 path − fake-quantized float product| / max |product|."""
+    ref = W8A8_INPUT.fake_quantize(x.float()) @ dense.T
+    return float((int8_linear(x, W8A8_INPUT, weight).float() - ref).abs().max() / ref.abs().max())
+
+
 def packed_bytes(packed: PackedWeight) -> int:
     return sum(t.numel() * t.element_size() for t in (packed.qweight, packed.scales, packed.zeros))
 
@@ -145,6 +167,19 @@ def bench_gpu(args) -> dict:
                       f"{fp16_ms / ms:>6.2f}x {gbs:>6.0f} {100 * gbs / bandwidth:>8.1f}% "
                       f"{err:>8.1e}")
             del packed, dense
+        weight, dense = w8a8_operands(w16.float())
+        dense16 = dense.half()
+        for rows in ROWS:
+            x = torch.randn(rows, k, device=device, dtype=torch.float16, generator=gen)
+            err = w8a8_error(x, weight, dense)
+            ms = time_eager_ms(lambda x=x, w=weight: int8_linear(x, W8A8_INPUT, w), args.repeats)
+            fp16_ms = time_eager_ms(lambda x=x, d=dense16: torch.matmul(x, d.T), args.repeats)
+            cases.append({"n": n, "k": k, "rows": rows, "bits": "w8a8", "group_size": k,
+                          "kernel_eager_ms": ms, "fp16_eager_ms": fp16_ms, "speedup": fp16_ms / ms,
+                          "max_rel_error": err})
+            print(f"{n:>6}x{k:<6} {rows:>4} w8a8 {ms:>9.4f} {fp16_ms:>8.4f} {fp16_ms / ms:>6.2f}x "
+                  f"(eager) {err:>8.1e}")
+        del weight, dense, dense16
     return {"device": torch.cuda.get_device_name(device), "copy_bandwidth_gbs": bandwidth,
             "torch": torch.__version__, "timing": "CUDA graph replay, median", "targets": TARGETS,
             "cases": cases}
@@ -171,6 +206,18 @@ def bench_cpu_sanity() -> dict:
             print(f"  {n}x{k} rows={rows} w{bits}: {ms:.2f} ms, max |error| {err:.1e}")
             if err > 1e-3:
                 raise SystemExit(f"torch path disagrees with the dense matmul: {err}")
+    weight, dense = w8a8_operands(w)
+    for rows in (1, 4):
+        x = torch.randn(rows, k)
+        t0 = time.perf_counter()
+        int8_linear(x, W8A8_INPUT, weight)
+        ms = (time.perf_counter() - t0) * 1e3
+        err = w8a8_error(x, weight, dense)
+        cases.append({"n": n, "k": k, "rows": rows, "bits": "w8a8", "ms": ms, "max_rel_error": err})
+        print(f"  {n}x{k} rows={rows} w8a8 (int8 x int8 -> int32): {ms:.2f} ms, "
+              f"max relative error {err:.1e}")
+        if err > 1e-5:
+            raise SystemExit(f"the W8A8 integer path disagrees with the fake-quantized product: {err}")
     return {"device": "cpu", "note": "no CUDA device: CPU sanity check only",
             "platform": platform.processor() or platform.machine(), "cases": cases}
 

@@ -20,4 +20,5 @@ def test_bench_runs_its_cpu_sanity_check(tmp_path, capsys):
     assert "no CUDA device" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["device"] == "cpu"
-    assert {c["bits"] for c in result["cases"]} == {2, 3, 4, 8}
+    assert {c["bits"] for c in result["cases"]} == {2, 3, 4, 8, "w8a8"}
+    assert all(c["max_rel_error"] <= 1e-5 for c in result["cases"] if c["bits"] == "w8a8")
