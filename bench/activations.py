@@ -1,11 +1,12 @@
-"""Activation bits on digits-cnn and digits-vit (issue #17): uniform W8A8 / W4A8 / W8A4 / W4A4 (and the
-weight-only W8A16 / W4A16) under each activation range method, against the mixed (w, a)
+"""Activation bits on digits-cnn, digits-vit and minilm (issue #17): uniform W8A8 / W4A8 / W8A4 / W4A4
+(and the weight-only W8A16 / W4A16) under each activation range method, against the mixed (w, a)
 allocation the `fisher` table gives at the same BOPs as each uniform point.
 
 Measured: the bundle's own evaluation of the fake-quantized model (weights by the job's
 quantizer, inputs by forward pre-hooks with ranges calibrated on the calibration set).
 
-    .venv/bin/python bench/activations.py [--models digits-cnn digits-vit]   # bench/results/activations.json
+    .venv/bin/python bench/activations.py [--models digits-cnn digits-vit minilm] [--ranges minmax dynamic]
+        # bench/results/activations.json
     .venv/bin/python bench/quality.py --activations  # the same
 """
 
@@ -36,7 +37,7 @@ from workers.problem import build_problem, candidate_choices  # noqa: E402
 from workers.spec import JobSpec  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "activations.json"
-MODELS = ("digits-cnn", "digits-vit")
+MODELS = ("digits-cnn", "digits-vit", "minilm")
 UNIFORM = [(8, 16), (4, 16), (8, 8), (4, 8), (8, 4), (4, 4)]
 RANGES = {
     "minmax": ActivationScheme(),
@@ -48,7 +49,7 @@ FISHER = {"tol": 0.1, "max_probes": 30}
 A_BITS = [4, 6, 8, 16]
 
 
-def run(model: str, log=print) -> dict:
+def run(model: str, log=print, ranges=tuple(RANGES)) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     bundle = load_model(model)
@@ -56,7 +57,7 @@ def run(model: str, log=print) -> dict:
     full = bundle.evaluate(bundle.model)
     metric = bundle.headline.name
     out = {"model": model, "full_precision": full, "metric": metric, "ranges": {}}
-    for label, act in RANGES.items():
+    for label, act in ((k, RANGES[k]) for k in ranges):
         scheme = QuantScheme(activation=act)
         weights = QuantizedWeights(bundle, scheme)
         rows = []
@@ -98,11 +99,13 @@ def run(model: str, log=print) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    ap.add_argument("--ranges", nargs="+", choices=list(RANGES), default=list(RANGES),
+                    help="activation range methods (default: all)")
     args = ap.parse_args(argv)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.setdefault("models", {})
     for model in args.models:
-        results["models"][model] = run(model)
+        results["models"][model] = run(model, ranges=args.ranges)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=1))
         print(f"{model} done in {results['models'][model]['seconds']:.0f}s; wrote {RESULTS}")
