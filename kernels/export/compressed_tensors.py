@@ -23,8 +23,9 @@ Quantized inputs (a layer's a_bits < 16; `kernels.activation` records, `allocati
   (q − zp)·s is unchanged).
 
 Symmetric inputs differ in one place: the format's codes span [−2^(a−1), 2^(a−1) − 1] and
-compressed-tensors' own dynamic quantizer takes s = max|x| / (2^(a−1) − ½), where ours (and
-vLLM's dynamic int8 kernel) takes max|x| / (2^(a−1) − 1) with codes ±(2^(a−1) − 1); static
+compressed-tensors' own dynamic quantizer takes s = max|x| / (2^(a−1) − ½), where ours (and,
+as far as we know, vLLM's dynamic int8 kernel) takes max|x| / (2^(a−1) − 1) with codes
+±(2^(a−1) − 1); static
 scales are ours (the loader casts them to the model's dtype: fp16 unless asked). The format
 holds quantized inputs of layers whose weights it packs (Linear), at most 8 bits; anything
 else is refused (`check_exportable`).
