@@ -24,14 +24,17 @@ then y = s_a · Σ_g s_w,g · acc_g (+ bias) in fp32. This equals the fake-quant
 computation, F.linear(s_a(c_a − z_a), s_w(c_w − z_w)), exactly in the integer accumulate
 and within float rounding after the rescale (the tests check both).
 
-`torch._int_mm` runs on the CPU for any shape (torch ≥ 2.2) and on CUDA for M > 16 and K,
-N multiples of 8: `int_matmul` pads with zero rows and columns there, which leaves the
-product unchanged. Elsewhere it multiplies in int64 (exact, slow).
+On CUDA with Triton, groups of 32 to 32768 go to one fused kernel instead
+(`kernels.triton_w8a8`: every group's int8 tl.dot, the corrections and the scales in one
+launch). Otherwise `torch._int_mm`: on the CPU for any shape (torch ≥ 2.2), on CUDA for
+M > 16 and K, N multiples of 8 (`int_matmul` pads with zero rows and columns there, which
+leaves the product unchanged); elsewhere an int64 matmul (exact, slow).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +43,7 @@ from kernels.activation import ActivationQuantizer
 from kernels.packed_weight import PackedWeight, symmetric_zero
 from kernels.packing import unpack_codes
 
+HAS_TRITON = find_spec("triton") is not None
 MAX_BITS = 8  # widths whose codes fit int8 after the offset
 _INT32_SAFE = (1 << 31) // (128 * 128)  # the longest group whose int8 products sum in int32
 
@@ -63,11 +67,12 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.zeros(m, n, dtype=torch.int32, device=a.device)
     if a.device.type == "cuda":
         # cuBLASLt's int8 GEMM: M > 16, K and N multiples of 8; zero padding is exact
+        # zero padding is exact; the (K, N) operand stays column-major (a transposed (N, K)
+        # row-major tensor), the layout cuBLASLt's int8 kernels take
         pm, pk, pn = max(0, 17 - m), -k % 8, -n % 8
         if pm or pk:
             a = F.pad(a, (0, pk, 0, pm))
-        if pk or pn:
-            b = F.pad(b, (0, pn, 0, pk))
+        b = F.pad(b.t(), (0, pk, 0, pn)).t() if pk or pn else b.t().contiguous().t()
         return torch._int_mm(a.contiguous(), b)[:m, :n]
     if a.device.type == "cpu":
         return torch._int_mm(a.contiguous(), b)
@@ -159,6 +164,14 @@ def int8_linear(x: torch.Tensor, quantizer: ActivationQuantizer, weight: IntWeig
     if quantizer.dim not in (-1, 1):
         raise ValueError("the integer path quantizes linear inputs along their last dimension")
     codes, zero, scale = quantize_input(x, quantizer)
+    if x.is_cuda and HAS_TRITON:
+        from kernels.triton_w8a8 import supports, w8a8_forward
+
+        if supports(weight.group_size):  # the fused kernel: every group in one launch
+            y = w8a8_forward(codes, scale.reshape(-1), None if zero is None else zero.reshape(-1),
+                             weight.codes, weight.scales, weight.zeros, weight.colsums, bias,
+                             weight.group_size)
+            return y.to(x.dtype)
     acc = accumulators(codes, zero, weight)
     if acc.shape[0] == 1:
         y = acc[0].float() * weight.scales[0][None, :]

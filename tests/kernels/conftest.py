@@ -40,8 +40,10 @@ def triton_kernels():
     if HAS_CUDA:
         from kernels.triton_gemm import gemm_forward
         from kernels.triton_gemv import gemv_forward
+        from kernels.triton_w8a8 import w8a8_forward
 
-        yield SimpleNamespace(gemv=gemv_forward, gemm=gemm_forward, device=torch.device("cuda"))
+        yield SimpleNamespace(gemv=gemv_forward, gemm=gemm_forward, w8a8=w8a8_forward,
+                              device=torch.device("cuda"))
         return
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
@@ -57,7 +59,8 @@ def triton_kernels():
     def remote(kind):
         return lambda *args: pool.submit(worker.launch, kind, *args).result()
 
-    yield SimpleNamespace(gemv=remote("gemv"), gemm=remote("gemm"), device=torch.device("cpu"))
+    yield SimpleNamespace(gemv=remote("gemv"), gemm=remote("gemm"), w8a8=remote("w8a8"),
+                          device=torch.device("cpu"))
     pool.shutdown()
 
 

@@ -206,10 +206,44 @@ def test_a_jobs_w8a8_artifact_runs_through_the_integer_path(w8a8_job, monkeypatc
         assert (model(x).argmax(-1) == logits.argmax(-1)).float().mean() > 0.98
 
 
+# (weight bits, group, symmetric weight, input): groups of 32 and 64 over K = 96 (a partial
+# last group at 64), per channel (g = K = 96, not a multiple of the 32-wide K tile)
+TRITON_CASES = [(8, 32, True, "dynamic-sym"), (8, 64, False, "static-asym"),
+                (4, 96, False, "dynamic-asym"), (8, 96, True, "static-sym")]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=lambda c: f"w{c[0]}g{c[1]}{'s' if c[2] else 'a'}-{c[3]}")
+def test_the_triton_w8a8_kernel_equals_the_int_mm_path(triton_kernels, case):
+    """The fused kernel (compiled on CUDA, interpreted on the CPU) against `int8_linear`'s
+    torch path, which the tests above hold to the fake-quantized integers."""
+    wb, g, sym, inputs = case
+    x, w, config = _operands(wb, g, sym, m=5, k=96, n=40)
+    q = INPUTS[inputs](8)
+    iw = IntWeight.from_packed(pack_weight(w, config))
+    codes, zero, scale = quantize_input(x, q)
+    bias = torch.randn(40)
+    dev = triton_kernels.device
+    y = triton_kernels.w8a8(codes.to(dev), scale.reshape(-1).to(dev),
+                            None if zero is None else zero.reshape(-1).to(dev), iw.codes.to(dev),
+                            iw.scales.to(dev), None if iw.zeros is None else iw.zeros.to(dev),
+                            iw.colsums.to(dev), bias.to(dev), iw.group_size)
+    torch.testing.assert_close(y.cpu(), int8_linear(x, q, iw, bias), rtol=1e-6, atol=1e-5)
+
+
+def test_groups_the_triton_kernel_does_not_take_stay_on_int_mm():
+    pytest.importorskip("triton")
+    from kernels.triton_w8a8 import MAX_GROUP, MIN_GROUP, supports
+
+    assert supports(MIN_GROUP) and supports(MAX_GROUP) and not supports(16)
+    assert not supports(MAX_GROUP + 1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("shape", [(1, 10, 5), (3, 80, 24), (33, 256, 64)])
-def test_the_gpu_int_mm_equals_the_cpu(shape):
+def test_the_gpu_paths_equal_the_cpu(shape):
+    """int_mm with its CUDA padding, and int8_linear (the fused kernel where the groups allow,
+    int_mm otherwise) on the GPU against the CPU."""
     m, k, n = shape
     gen = torch.Generator().manual_seed(m)
     a = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)

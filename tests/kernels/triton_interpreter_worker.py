@@ -8,7 +8,7 @@ import importlib
 
 
 def launcher(kind: str):
-    """The Triton launcher `kind` ('gemv' or 'gemm'), checked to be interpreted."""
+    """The Triton launcher `kind` ('gemv', 'gemm' or 'w8a8'), checked to be interpreted."""
     module = importlib.import_module(f"kernels.triton_{kind}")
     if not module.INTERPRETED:
         raise RuntimeError("the kernel worker did not start under TRITON_INTERPRET=1")
