@@ -13,9 +13,9 @@ zeros, activations, output) / time, as a share of the device's copy bandwidth me
 at the start (a device-to-device copy of 1 GiB). Prints a table and writes JSON.
 
 W8A8 rows: the integer path of a packed layer with a quantized input (`kernels.int8`:
-dynamic per-token symmetric int8 input, symmetric int8 weight per output channel, one
-`torch._int_mm` and the rescale) against the same fp16 matmul, timed eagerly (events around
-plain calls), its error against the fake-quantized float product.
+dynamic per-token symmetric int8 input, symmetric int8 weight per output channel; the fused
+Triton kernel on CUDA, `torch._int_mm` on the CPU) against the same fp16 matmul, timed
+eagerly (events around plain calls), its error against the fake-quantized float product.
 
 Without CUDA it says so and runs a tiny CPU sanity check of the torch path and the W8A8
 integer path instead (and exits 0), writing `bench/results/kernels-cpu-sanity.json`.
