@@ -177,6 +177,7 @@ class ExportInfo(BaseModel):
     description: str
     weight_bits: list[int]  # the widths the format holds (16: left unquantized)
     symmetric_only: bool
+    activation_quantization: bool = False  # stores layers' input quantizers (a_bits < 16)
 
 
 class ManifestPublic(BaseModel):

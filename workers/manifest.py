@@ -40,5 +40,7 @@ def manifest() -> dict[str, Any]:
         "quantizers": list(ALGORITHMS),  # the algorithms that pick the integers (quant.algorithm)
         # what each export format holds (kernels.export.formats)
         "exports": [{"name": f.name, "description": f.description, "weight_bits": list(f.widths),
-                     "symmetric_only": bool(f.symmetric)} for f in EXPORT_FORMATS.values()],
+                     "symmetric_only": bool(f.symmetric),
+                     "activation_quantization": f.input_quantization}  # stores a_bits < 16
+                    for f in EXPORT_FORMATS.values()],
     }

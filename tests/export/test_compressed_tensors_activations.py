@@ -180,3 +180,16 @@ def test_what_the_format_cannot_carry_is_refused(calibrated, tmp_path):
         write_export("compressed-tensors", model, configs, tmp_path, {"activations": bad})
     with pytest.raises(ValueError, match="export 'gptq' does not store activation quantization"):
         write_export("gptq", model, configs, tmp_path, {"activations": records})
+
+
+def test_the_manifest_and_the_spec_say_which_formats_store_input_quantization():
+    from pydantic import ValidationError
+
+    from workers.manifest import manifest
+    from workers.spec import JobSpec
+
+    served = {f["name"]: f["activation_quantization"] for f in manifest()["exports"]}
+    assert served == {"bitalloc": True, "compressed-tensors": True, "gptq": False, "gguf-plan": False}
+    JobSpec(model="minilm", budgets={"bops": 1e9}, activation_bits=[8, 16], export="compressed-tensors")
+    with pytest.raises(ValidationError, match="need export 'bitalloc' or 'compressed-tensors'"):
+        JobSpec(model="minilm", budgets={"bops": 1e9}, activation_bits=[8, 16], export="gptq")

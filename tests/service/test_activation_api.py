@@ -23,3 +23,5 @@ def test_manifest_lists_activation_widths(client, auth):
     m = client.get("/v1/manifest", headers=auth).json()
     assert m["activation_bits"] == [4, 6, 8, 16]
     assert m["activation_ranges"] == ["minmax", "percentile", "mse"]
+    stores = {f["name"]: f["activation_quantization"] for f in m["exports"]}
+    assert stores["bitalloc"] and stores["compressed-tensors"] and not stores["gptq"]
