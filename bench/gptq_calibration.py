@@ -19,6 +19,11 @@ layer); the evaluation is not in it.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/gptq_calibration.py          # every row
     OMP_NUM_THREADS=1 .venv/bin/python bench/gptq_calibration.py --rows uniform --bits 3
+    OMP_NUM_THREADS=1 .venv/bin/python bench/gptq_calibration.py --quantizers gptq --sequences 8
+
+`--sequences N`: GPTQ from only the first N windows of the quantizer calibration
+(8: the 1,024 tokens the sensitivity methods calibrate on, what GPTQ used before the
+quantizer had its own data); such rows are labelled `cN`.
     .venv/bin/python bench/gptq_calibration.py --table
 
 Rows are kept in bench/results/gptq_calibration.json by label; a rerun skips the
@@ -28,6 +33,7 @@ labels it has (--force redoes them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -45,7 +51,7 @@ import torch  # noqa: E402
 from kernels.scheme import ACTIVATION_BITS, QuantScheme  # noqa: E402
 from sensitivity.engine import compute_table  # noqa: E402
 from sensitivity.layers import discover_layers  # noqa: E402
-from sensitivity.models import load_model  # noqa: E402
+from sensitivity.models import causal_lm, load_model  # noqa: E402
 from sensitivity.quantized import QuantizedWeights  # noqa: E402
 from solver import solve  # noqa: E402
 from workers.evaluate import measure  # noqa: E402
@@ -92,6 +98,8 @@ def main() -> None:
     ap.add_argument("--bits", nargs="+", type=int, default=[3, 4], help="uniform widths")
     ap.add_argument("--group-size", nargs="+", type=int, default=[64, 128], help="uniform rows' groups")
     ap.add_argument("--budgets", nargs="+", type=float, default=[3.0, 4.0], help="fisher avg_bits")
+    ap.add_argument("--sequences", type=int, default=None,
+                    help="only the first N windows of the quantizer calibration")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--table", action="store_true", help="only print the table")
     args = ap.parse_args()
@@ -104,6 +112,13 @@ def main() -> None:
     log(f"{MODEL}: quantizer calibration {info['quantizer_calibration_tokens']} tokens "
         f"({info['quantizer_calibration_sequences']} sequences), sensitivity calibration "
         f"{info['calibration_tokens']} tokens")
+    tag = ""
+    if args.sequences is not None:
+        ids = torch.cat([b["input_ids"] for b in bundle.quantizer_batches])[:args.sequences]
+        bundle = dataclasses.replace(bundle, quantizer_calibration=causal_lm.chunks(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, causal_lm.QUANTIZER_BATCH))
+        tag = f" c{ids.shape[0]}"
+        log(f"GPTQ from the first {ids.shape[0]} windows ({ids.numel()} tokens)")
     layers = [layer for layer in discover_layers(bundle) if layer.used]
     names = [layer.name for layer in layers]
     if "full_precision" not in results:
@@ -120,12 +135,14 @@ def main() -> None:
         return providers[(q, g)]
 
     def run(key: str, q: str, g: int, choices: dict, extra: dict) -> None:
+        key += tag if q != "rtn" else ""
         if key in results["rows"] and not args.force:
             log(f"{key}: kept")
             return
         log(f"{key}: running (load {os.getloadavg()[0]:.2f})")
         row = apply_and_measure(bundle, provider(q, g), choices)
-        row.update(extra, quantizer=q, group_size=g, load_before=extra.get("load_before"))
+        row.update(extra, quantizer=q, group_size=g, load_before=extra.get("load_before"),
+                   quantizer_tokens=sum(int(b["attention_mask"].sum()) for b in bundle.quantizer_batches))
         results["rows"][key] = row
         save(results)
         qual = row["quality"]
@@ -173,11 +190,13 @@ def table(results: dict) -> str:
         q = row["quantizer"]
         qual = row["quality"]
         recovered = "–"
-        rtn = rows.get(key.rsplit(" ", 1)[0] + " rtn")
+        what = key.split(f" {q}")[0]
+        rtn = rows.get(what + " rtn")
         if q != "rtn" and rtn and fp:
             up = rtn["quality"]["perplexity"] - fp["perplexity"]
             recovered = f"{(rtn['quality']['perplexity'] - qual['perplexity']) / up * 100:.0f} %"
-        what = key.rsplit(" ", 1)[0]
+        if q != "rtn":
+            q += f", {row.get('quantizer_tokens', results.get('quantizer_calibration_tokens'))} tokens"
         if row.get("kind") == "fisher":
             what += f" ({row['avg_bits']:.3f} bits)"
         apply_s = "–" if row.get("apply_s") is None else f"{row['apply_s']:.0f}"
