@@ -89,27 +89,38 @@ def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     return quantize(weight, config).dequantize(weight.dtype)
 
 
+ERROR_BLOCK_ELEMENTS = 1 << 22  # weights per block of rows in `quantization_error`
+
+
 def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:
     """‖Q_b(W) − W‖², accumulated in float64.
 
-    For float32 weights the error is taken in the group layout, without building
-    the codes and the dequantized matrix (the sensitivity methods need it for
-    every layer and width; a 30522×384 embedding would otherwise dominate)."""
+    Rows are quantized independently, so the error is summed over blocks of rows,
+    which keeps the temporaries small (an LLM's embedding is 28M weights). For
+    float32 weights it is taken in the group layout, without building the codes and
+    the dequantized matrix (the sensitivity methods need it for every layer and
+    width)."""
     if config.grid == "gguf":
         from kernels.gguf_quants import quantization_error as gguf_quantization_error
 
         return gguf_quantization_error(weight, config)
-    if not config.quantized or weight.dtype != torch.float32:
-        delta = fake_quantize(weight, config).double() - weight.detach().double()
-        return float(delta.pow(2).sum())
     w = as_matrix(weight.detach())
     rows, k = w.shape
+    step = max(1, ERROR_BLOCK_ELEMENTS // k)
+    return sum(_block_error(w[r:r + step], config) for r in range(0, rows, step))
+
+
+def _block_error(w: torch.Tensor, config: QuantConfig) -> float:
+    if not config.quantized or w.dtype != torch.float32:
+        delta = fake_quantize(w, config).double() - w.double()
+        return float(delta.pow(2).sum())
+    k = w.shape[1]
     g = config.group_size_for(k)
     padded = _pad_to_groups(w, g)
     scale, zero = _search_params(padded, config)
     delta = _dequant(_codes(padded, scale, zero, config), scale, zero) - padded
     if k % g:  # the padding repeats the last value: count the real columns only
-        delta = delta.reshape(rows, -1)[:, :k]
+        delta = delta.reshape(delta.shape[0], -1)[:, :k]
     return float(torch.linalg.vector_norm(delta, dtype=torch.float64) ** 2)
 
 

@@ -65,18 +65,25 @@ def output_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.Gene
     return torch.stack(cols, 1)
 
 
+GRAM_SLICE = 4096  # output features per float64 slice in `_gram_sum`
+
+
 class OutputGraph:
-    """One forward pass of a calibration batch with the layer outputs z_l (and
-    inputs x_l) held, answering per-sample Gauss–Newton probes by batched backward
-    passes from the output to the z_l (the graph is kept between calls).
+    """One forward pass of a calibration batch answering per-sample Gauss–Newton
+    probes by batched backward passes from the output (the graph is kept between
+    calls).
 
     For z = x Wᵀ over positions t, the per-sample weight-gradient norm is
     ‖Σ_t g_t x_tᵀ‖² = Σ_{t,t'} (g_t·g_t')(x_t·x_t'): a (T × T) Gram product per
     sample, and the input Gram x_t·x_t' does not depend on the probe, so it is
     formed once (convolutions unfold their input; embeddings compare token ids).
-    A weight held by several modules (an embedding tied to the LM head) has one
-    gradient, the sum over its uses: its norm adds the cross terms between the uses
-    (`_cross`). Samples must be independent along dim 0 of the output (eval mode)."""
+    A layer whose weight only it uses gets that norm from a `_NormTap` on its
+    output during the backward pass, so its output gradient g is never held past
+    its use (for an LLM, all layers' g for a block of probes would be most of the
+    memory). A weight held by several modules (an embedding tied to the LM head)
+    has one gradient, the sum over its uses: those outputs' g are kept and its norm
+    adds the cross terms between the uses (`_cross`). Samples must be independent
+    along dim 0 of the output (eval mode)."""
 
     def __init__(self, pert: Perturbation, batch: Batch, layers: Sequence[int]):
         self.pert, self.batch = pert, batch
@@ -84,10 +91,17 @@ class OutputGraph:
         # the modules computing with layer i's weight: the layer itself, then its tied users
         self.uses = {i: [pert.modules[i], *shared_users(model, pert.names[i]).values()]
                      for i in layers}
-        self.inputs: dict[tuple[int, int], torch.Tensor] = {}
-        self.z: dict[tuple[int, int], torch.Tensor] = {}
+        self.inputs: dict[tuple[int, int], torch.Tensor] = {}  # tied uses: their inputs
+        self.z: dict[tuple[int, int], torch.Tensor] = {}  # tied uses: their outputs
+        self.gram_x: dict[tuple[int, int], torch.Tensor] = {}
+        self.taps: dict[int, torch.Tensor] = {}  # untied layers: d(norm) leaves
 
         def hook(key, module, args, out):
+            i, _ = key
+            self.gram_x[key] = _input_gram(module, args[0].detach())
+            if len(self.uses[i]) == 1:
+                self.taps[i] = torch.zeros((), dtype=torch.float64, requires_grad=True)
+                return _NormTap.apply(out, self.taps[i], self.gram_x[key], _layout(module))
             self.inputs[key] = args[0].detach()
             if not out.requires_grad:
                 out = out.detach().requires_grad_(True)
@@ -101,20 +115,27 @@ class OutputGraph:
         finally:
             for h in handles:
                 h.remove()
-        missing = [pert.names[i] for i in layers if (i, 0) not in self.z]
+        missing = [pert.names[i] for i in layers if (i, 0) not in self.gram_x]
         if missing:
             raise ValueError(f"layers not run by the model's forward: {', '.join(missing)}")
-        self.gram_x = {key: _input_gram(self.uses[key[0]][key[1]], x) for key, x in self.inputs.items()}
 
-    def probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int]) -> torch.Tensor:
-        """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}."""
+    def probe_norms(self, k: int, gen: torch.Generator, layers: Sequence[int],
+                    keep: bool = True) -> torch.Tensor:
+        """(k, len(layers)) float64: Σ_s ‖J_{l,s}ᵀ u_s‖² for k probes u ~ H_out^{1/2}.
+        `keep=False`: the last call, so the backward pass frees the graph as it goes."""
         u = self.pert.bundle.output_loss.probes(self.output.detach(), self.batch, k, gen)
         wanted = set(layers)
+        taps = [i for i in self.taps if i in wanted]
         live = [key for key, z in self.z.items() if key[0] in wanted and z.requires_grad]
-        grads = torch.autograd.grad(self.output, [self.z[key] for key in live], grad_outputs=u,
-                                    is_grads_batched=True, allow_unused=True, retain_graph=True)
-        by_use = {key: g for key, g in zip(live, grads) if g is not None}
+        grads = torch.autograd.grad(self.output, [self.taps[i] for i in taps] + [self.z[key] for key in live],
+                                    grad_outputs=u, is_grads_batched=True, allow_unused=True,
+                                    retain_graph=keep)
+        del u  # (k, tokens, vocabulary): not needed for the tied uses' sums below
         cols = {i: torch.zeros(k, dtype=torch.float64) for i in layers}
+        for i, g in zip(taps, grads):
+            if g is not None:
+                cols[i] += g
+        by_use = {key: g for key, g in zip(live, grads[len(taps):]) if g is not None}
         for (i, j), g in by_use.items():
             gs = _positions(self.uses[i][j], g)  # (k, B, T, out)
             cols[i] += _gram_sum(gs, gs, self.gram_x[(i, j)])
@@ -163,22 +184,59 @@ def per_sample_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.
     return OutputGraph(pert, batch, idx).probe_norms(k, gen, idx)
 
 
+class _NormTap(torch.autograd.Function):
+    """Identity on a layer's output z whose gradient with respect to the scalar leaf
+    `d` is the per-sample weight-gradient norm Σ_{b,t,s} (g_bt·g_bs)(x_bt·x_bs) from
+    z's gradient g (per probe under `is_grads_batched`); g itself passes on unchanged."""
+
+    @staticmethod
+    def forward(z, d, gram, conv):
+        return z.view_as(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+        ctx.conv = inputs[3]
+
+    @staticmethod
+    def backward(ctx, g):
+        (gram,) = ctx.saved_tensors
+        a = _sample_positions(g, ctx.conv).double()  # matmul: einsum has no legacy-vmap rule
+        return g, (torch.matmul(a, a.transpose(1, 2)) * gram).sum(), None, None
+
+
+def _layout(module: nn.Module) -> bool:
+    """Whether the module's output has its channels before the positions (convolutions)."""
+    return isinstance(module, (nn.Conv1d, nn.Conv2d))
+
+
+def _sample_positions(g: torch.Tensor, conv: bool) -> torch.Tensor:
+    """One probe's output gradient (*z.shape) as (B, T, out)."""
+    if conv:
+        return g.reshape(g.shape[0], g.shape[1], -1).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
 def _positions(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
     """Output gradients (k, *z.shape) as (k, B, T, out), in their dtype."""
-    k, b = g.shape[0], g.shape[1]
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return g.reshape(k, b, g.shape[2], -1).transpose(2, 3)
-    return g.reshape(k, b, -1, g.shape[-1])
+    k = g.shape[0]
+    pos = _sample_positions(g.flatten(0, 1), _layout(module))
+    return pos.reshape(k, g.shape[1], *pos.shape[1:])
 
 
 def _gram_sum(ga: torch.Tensor, gb: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-    """(k,) float64: Σ_{b,t,s} (ga_t·gb_s) · fixed[b,t,s], one probe at a time so a wide
-    output (the LM head's vocabulary) is never held in float64 for every probe at once."""
+    """(k,) float64: Σ_{b,t,s} (ga_t·gb_s) · fixed[b,t,s], one probe and a slice of the
+    output features at a time, so a wide output (the LM head's vocabulary) is never
+    held in float64 whole."""
     out = torch.zeros(ga.shape[0], dtype=torch.float64)
+    width = ga.shape[-1]
     for p in range(ga.shape[0]):
-        a = ga[p].double()
-        b = a if gb is ga else gb[p].double()
-        out[p] = (torch.einsum("bto,bso->bts", a, b) * fixed).sum()
+        dots = torch.zeros(fixed.shape, dtype=torch.float64)
+        for o in range(0, width, GRAM_SLICE):
+            a = ga[p, ..., o:o + GRAM_SLICE].double()
+            b = a if gb is ga else gb[p, ..., o:o + GRAM_SLICE].double()
+            dots += torch.matmul(a, b.transpose(-1, -2))
+        out[p] = (dots * fixed).sum()
     return out
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from kernels.layout import is_transposed_linear, logical_shape
 from sensitivity.bundle import ModelBundle
+from sensitivity.memory import release_freed_memory
 from sensitivity.perturb import frozen
 
 QUANTIZABLE = {nn.Linear: "linear", nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Embedding: "embedding"}
@@ -141,6 +142,7 @@ def discover_layers(bundle: ModelBundle, *, fused: bool = False) -> list[LayerIn
     batch = bundle.calibration[0]
     macs = _measure_macs(bundle, modules, users, batch)
     used = _reaches_loss(bundle, modules, users, batch)
+    release_freed_memory()  # that backward pass's activations
     tied = list(bundle.tied_groups) + (fused_groups(modules) if fused else [])
     groups = _tied_groups(bundle.name, tied, modules)
     return [

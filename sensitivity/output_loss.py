@@ -123,15 +123,20 @@ class SquaredErrorOutput:
 
 def _token_probes(logits: torch.Tensor, weight: torch.Tensor, k: int,
                   gen: torch.Generator) -> torch.Tensor:
-    """k probes u with E[u uᵀ] = weight_t · (diag(p_t) − p_t p_tᵀ) at every position t."""
-    p = F.softmax(logits.detach().double(), -1)
+    """k probes u with E[u uᵀ] = weight_t · (diag(p_t) − p_t p_tᵀ) at every position t.
+    In the logits' dtype, one probe at a time: an LLM's (tokens × vocabulary) tensors
+    are the large ones, and float64 temporaries of them would set the peak memory."""
+    p = F.softmax(logits.detach().float(), -1).to(logits.dtype)
     sp = p.sqrt()
-    scale = weight.double().sqrt().unsqueeze(-1)
+    scale = weight.sqrt().unsqueeze(-1).to(logits.dtype)
     out = torch.empty((k, *logits.shape), dtype=logits.dtype)
+    r = torch.empty(logits.shape, dtype=logits.dtype)
     for j in range(k):
-        r = _rademacher(tuple(logits.shape), p, gen)
-        u = sp * r - p * (sp * r).sum(-1, keepdim=True)
-        out[j] = (u * scale).to(logits.dtype)
+        r.random_(0, 2, generator=gen).mul_(2).sub_(1)  # Rademacher signs
+        r.mul_(sp)
+        torch.mul(p, r.sum(-1, keepdim=True), out=out[j])
+        torch.sub(r, out[j], out=out[j])
+        out[j].mul_(scale)
     return out
 
 

@@ -16,6 +16,7 @@ from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
 from sensitivity.layers import discover_layers
+from sensitivity.memory import release_freed_memory
 from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
@@ -75,6 +76,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     def done(name: str):
         timings[name] = time.perf_counter() - timings[name]
         peak_rss[name] = peak_rss_mb()
+        release_freed_memory(collect=True)  # what the stage freed, before the next one allocates
         progress(name, 1.0, f"{name} done in {timings[name]:.1f}s")
 
     stage("load")

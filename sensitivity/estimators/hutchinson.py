@@ -37,6 +37,7 @@ from sensitivity.checkpoint import generator_state, restore_generator
 from sensitivity.estimators.context import EstimatorContext, StageProgress, WeightedBatch
 from sensitivity.gauss_newton import OutputGraph, output_probe_norms, tangent_quadratics
 from sensitivity.hvp import LossGraph, rademacher
+from sensitivity.memory import release_freed_memory
 from sensitivity.methods import ProbeSettings
 from sensitivity.perturb import Perturbation, frozen
 from sensitivity.stats import RunningMean
@@ -76,7 +77,7 @@ class GaussNewtonEngine(ProbeEngine):
 
     def add_samples(self, b, wb, k, gen, active, sample):
         og = self._graph(b, lambda: OutputGraph(self.pert, wb.batch, active))  # one forward per batch
-        norms = og.probe_norms(k, gen, active)
+        norms = og.probe_norms(k, gen, active, keep=self.single_batch)
         for c, i in enumerate(active):
             sample[i] += wb.share * norms[:, c]
         return k
@@ -189,6 +190,7 @@ def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
                 for x in sample[i].tolist():
                     stats[names[i]].add(x)
             active = [i for i in active if not _done(stats[names[i]], probes)]
+            release_freed_memory()  # the round's graphs and probes
             round_seconds.append(time.perf_counter() - t0)
             ctx.checkpoint.save(state, {"stats": {n: s.to_state() for n, s in stats.items()},
                                                "hvps": hvps, "generator": generator_state(gen)})

@@ -32,6 +32,7 @@ from sensitivity.bundle import Batch, ModelBundle
 from sensitivity.catalog import FAMILIES
 from sensitivity.data.prose import load_prose
 from sensitivity.data.uploaded import read_tensors, split_rows
+from sensitivity.memory import release_freed_memory
 from sensitivity.models import smollm2
 from sensitivity.models.family import ModelRequest
 from sensitivity.models.lm_loading import load_gguf, load_hf_causal_lm
@@ -251,25 +252,44 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
     if getattr(model.config, "_attn_implementation", "eager") != "eager":
         model.set_attn_implementation("eager")
     labelled = all("labels" in b for b in calibration)
-    try:
-        with torch.no_grad():
-            if not labelled:
-                calibration = [{**b, "target": forward(model, b)} for b in calibration]
-            # the reference: next-token log-probabilities kept in fp16 for the KL (the
-            # full-precision model's own KL to them is ~1e-6) and the exact top-1 tokens
-            reference = []
+
+    def run(data: str, compute):
+        try:
+            with torch.no_grad():
+                return compute()
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the user's model
+            raise ValueError(f"model {name!r} fails on its {data} data: "
+                             f"{type(exc).__name__}: {exc}") from None
+
+    if not labelled:
+        # the targets: full-precision next-token log-probabilities in fp16 (half the
+        # memory of fp32 logits; the model's own KL to them is ~1e-7 nats per token)
+        calibration = run("calibration", lambda: [
+            {**b, "target": F.log_softmax(forward(model, b).float(), -1).half()} for b in calibration])
+    else:
+        run("calibration", lambda: forward(model, calibration[0]))
+    release_freed_memory()  # the forward passes' activations
+    reference: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def full_precision_reference():
+        """Next-token log-probabilities of the full-precision `model`, kept in fp16 for
+        the KL (the full-precision model's own KL to them is ~1e-6), and the exact top-1
+        tokens; computed at the first evaluation, so the sensitivity stage does not hold
+        them (16 × 128 × 49,152 values for smollm2)."""
+        if not reference:
+            refs = []
             for b in evaluation:
                 logits = forward(model, b).float()
-                reference.append((F.log_softmax(logits, -1).half(), logits.argmax(-1)))
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # the user's model
-        raise ValueError(f"model {name!r} fails on its calibration data: "
-                         f"{type(exc).__name__}: {exc}") from None
+                refs.append((F.log_softmax(logits, -1).half(), logits.argmax(-1)))
+            reference.extend(refs)
+        return reference
 
     def evaluate(m: nn.Module) -> dict[str, float]:
         nll = kl = agree = 0.0
         predicted = real = 0
+        refs = run("evaluation", full_precision_reference)
         with torch.no_grad():
-            for b, (ref, ref_top) in zip(evaluation, reference):
+            for b, (ref, ref_top) in zip(evaluation, refs):
                 logp = F.log_softmax(forward(m, b).float(), -1)
                 s, n = next_token_nll(logp, b)
                 nll, predicted = nll + s, predicted + n
