@@ -9,9 +9,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "quality.png"
+# the causal LMs take about an hour: their results have their own JSON, page and plot
+LLM_MODELS = ("smollm2-135m",)
+LLM_RESULTS_MD = ROOT / "docs" / "results-llm.md"
+LLM_PLOT = ROOT / "docs" / "quality-llm.png"
+PLOT_LLM_NAME = LLM_PLOT.name
 HEADLINE = 3.0
-SECONDARY = {"accuracy": "test_loss", "cosine_to_fp": "paraphrase_recall_at_1"}
-LOWER_IS_BETTER = {"test_loss"}
+SECONDARY = {"accuracy": "test_loss", "cosine_to_fp": "paraphrase_recall_at_1", "perplexity": "kl_to_fp"}
+LOWER_IS_BETTER = {"test_loss", "perplexity", "kl_to_fp"}
 RECOMMENDATION = """\
 **Default: `fisher` with `tol=0.1, max_probes=30`** (the settings measured here), in place of `hawq_v2`.
 
@@ -44,9 +49,17 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def loss(metric: str, fp: float, value: float | None) -> float | None:
+    """How much worse than full precision `value` is (a perplexity rise, an accuracy drop)."""
+    if value is None:
+        return None
+    return value - fp if metric in LOWER_IS_BETTER else fp - value
+
+
 def model_methods(results: dict, model: dict) -> list[str]:
-    """The benchmark's methods, then the variants this model ran."""
-    return list(results["methods"]) + [m for m in model["methods"] if m not in results["methods"]]
+    """The benchmark's methods this model ran, then its variants."""
+    return ([m for m in results["methods"] if m in model["methods"]]
+            + [m for m in model["methods"] if m not in results["methods"]])
 
 
 def headline_rows(model: dict, methods: list[str], budget: float) -> list[str]:
@@ -60,10 +73,10 @@ def headline_rows(model: dict, methods: list[str], budget: float) -> list[str]:
     for key in ("uniform", "uniform_above"):
         u = row[key]
         lines.append(f"| {key} ({u['w_bits']}-bit) | {u['avg_bits']:.3f} | {fmt(q(u, metric))} | "
-                     f"{fmt(fp - q(u, metric))} | {fmt(q(u, second), 3)} | – | – | – |")
+                     f"{fmt(loss(metric, fp, q(u, metric)))} | {fmt(q(u, second), 3)} | – | – | – |")
     r = row["random"]
     lines.append(f"| random (mean ± sd of {r['solved']}) | {fmt(r['avg_bits'], 3)} | "
-                 f"{fmt(q(r, metric))} ± {fmt(r['std'])} | {fmt(fp - q(r, metric))} | "
+                 f"{fmt(q(r, metric))} ± {fmt(r['std'])} | {fmt(loss(metric, fp, q(r, metric)))} | "
                  f"{fmt(q(r, second), 3)} | – | – | "
                  f"{fmt(r['solve_s'], 3)} |")
     for m in methods:
@@ -72,7 +85,8 @@ def headline_rows(model: dict, methods: list[str], budget: float) -> list[str]:
         if "quality" not in e:
             lines.append(f"| {m} | – | {e['status']} | – | – | – | {info['sensitivity_s']:.1f} | – |")
             continue
-        lines.append(f"| {m} | {e['avg_bits']:.3f} | {fmt(q(e, metric))} | {fmt(fp - q(e, metric))} | "
+        worse = fmt(loss(metric, fp, q(e, metric)))
+        lines.append(f"| {m} | {e['avg_bits']:.3f} | {fmt(q(e, metric))} | {worse} | "
                      f"{fmt(q(e, second), 3)} | {e['predicted_omega']:.3g} | {info['sensitivity_s']:.1f} | "
                      f"{e['solve_s']:.3f} |")
     return lines
@@ -98,8 +112,10 @@ def sweep_rows(model: dict, methods: list[str], budgets: list[float]) -> list[st
 
 
 def beats_random(row: dict, method: str, metric: str) -> bool:
-    value = q(row[method], metric)
-    return value is not None and value > q(row["random"], metric)
+    value, rand = q(row[method], metric), q(row["random"], metric)
+    if value is None or rand is None:
+        return False
+    return value < rand if metric in LOWER_IS_BETTER else value > rand
 
 
 def overview_rows(results: dict) -> list[str]:
@@ -119,7 +135,7 @@ def overview_rows(results: dict) -> list[str]:
             metric = model["metric"]
             fp = model["full_precision"][metric]
             entries = [model["budgets"][str(b)][m] for b in results["budgets"]]
-            drops = [fp - q(e, metric) for e in entries if q(e, metric) is not None]
+            drops = [loss(metric, fp, q(e, metric)) for e in entries if q(e, metric) is not None]
             second = [q(e, SECONDARY[metric]) for e in entries if q(e, SECONDARY[metric]) is not None]
             secs = model["methods"][m]["sensitivity_s"] if m in model["methods"] else None
             cells += [fmt(sum(drops) / len(drops) if drops else None, 3),
@@ -140,17 +156,18 @@ def secondary_vs_random(row: dict, methods: list[str], second: str) -> str:
 
 
 def targets(results: dict) -> list[str]:
-    methods = results["methods"]
     lines = []
     wins = 0
     for name, model in results["models"].items():
         metric = model["metric"]
         fp = model["full_precision"][metric]
         row = model["budgets"][str(HEADLINE)]
-        best = max(methods, key=lambda m: q(row[m], metric) if q(row[m], metric) is not None else -1e9)
-        best_loss = fp - q(row[best], metric)
-        u_loss = fp - q(row["uniform"], metric)
-        ua_loss = fp - q(row["uniform_above"], metric)
+        methods = [m for m in results["methods"] if m in model["methods"]]
+        ran = [m for m in methods if q(row.get(m, {}), metric) is not None]
+        best = min(ran, key=lambda m: loss(metric, fp, q(row[m], metric)))
+        best_loss = loss(metric, fp, q(row[best], metric))
+        u_loss = loss(metric, fp, q(row["uniform"], metric))
+        ua_loss = loss(metric, fp, q(row["uniform_above"], metric))
         ok = best_loss <= 0.5 * u_loss + 1e-9
         ok_above = best_loss <= 0.5 * ua_loss + 1e-9
         lines.append(
@@ -162,19 +179,22 @@ def targets(results: dict) -> list[str]:
             f"{ua_loss:.2f}: "
             f"{'also met' if ok_above else 'not met'}.")
         rand = q(row["random"], metric)
-        beat = [m for m in methods if q(row[m], metric) is not None and q(row[m], metric) > rand]
-        lost = [f"`{m}` {fmt(q(row[m], metric))}" for m in methods if m not in beat]
+        beat = [m for m in ran if beats_random(row, m, metric)]
+        lost = [f"`{m}` {fmt(q(row[m], metric))}" for m in ran if m not in beat]
         all_budgets = sum(beats_random(model["budgets"][str(b)], m, metric)
-                          for b in results["budgets"] for m in methods)
+                          for b in results["budgets"] for m in ran)
         lines.append(
             f"- **{name}, every method beats random at {HEADLINE:g} bits**: "
             f"{'met' if not lost else 'missed'} — random {fmt(rand)} ± {fmt(row['random']['std'])}"
             + (f"; not above it: {', '.join(lost)}" if lost else "")
             + f". Over all {len(results['budgets'])} budgets, {all_budgets} of "
-              f"{len(results['budgets']) * len(methods)} (method, budget) points are above the random mean."
-            + secondary_vs_random(row, methods, SECONDARY[metric]))
-        il, h2 = q(row["interlayer"], metric), q(row["hawq_v2"], metric)
-        wins += il >= h2 - 1e-9
+              f"{len(results['budgets']) * len(ran)} (method, budget) points are better than the random mean."
+            + secondary_vs_random(row, ran, SECONDARY[metric]))
+        il, h2 = q(row.get("interlayer", {}), metric), q(row["hawq_v2"], metric)
+        if il is None:
+            continue
+        sign = -1 if metric in LOWER_IS_BETTER else 1
+        wins += sign * (il - h2) >= -1e-9
         measured = q(row.get("interlayer_measured", {}), metric)
         lines.append(f"- {name}: interlayer {fmt(il)} vs hawq_v2 {fmt(h2)} at {HEADLINE:g} bits"
                      + (f" (interlayer with measured pair terms: {fmt(measured)})." if measured else "."))
@@ -183,15 +203,16 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, title: str = "Allocation quality", png: str = PLOT.name) -> str:
     budgets = results["budgets"]
     first = next(iter(results["models"].values()))
     seeds = first["budgets"][str(budgets[0])]["random"]["seeds"]
+    source = results.get("source", "bench/results/quality.json")
     out = [
-        "# Allocation quality",
+        f"# {title}",
         "",
-        "Generated by `bench/quality.py` (do not edit by hand; `bench/quality.py --render` rewrites it "
-        "from `bench/results/quality.json`). Method descriptions: [methods.md](methods.md).",
+        f"Generated by `bench/quality.py` (do not edit by hand; `bench/quality.py --render` rewrites it "
+        f"from `{source}`). Method descriptions: [methods.md](methods.md). Plot: [{png}]({png}).",
         "",
         "**Setup.** Weights quantized asymmetric, group 128 along the input dimension (per output "
         "channel where the input is smaller), an fp16 scale and a b-bit zero per group: every average "
@@ -231,7 +252,8 @@ def markdown(results: dict) -> str:
             "",
         ]
     out += ["## All budgets at a glance", "",
-            "Mean drop of the headline metric (full precision − measured) over the "
+            "Mean drop of the headline metric (how much worse than full precision: a perplexity "
+            "rise, an accuracy drop) over the "
             f"{len(budgets)} budgets (lower is better), the mean of the second metric (test loss: lower "
             "is better; paraphrase recall: higher), and the seconds each table took.", "",
             *overview_rows(results), "",
@@ -305,6 +327,11 @@ def plot(results: dict, path: Path) -> None:
 def render(results: dict) -> None:
     from bench.quantizer_report import keep_block  # the quantizer section has its own JSON
 
+    if set(results["models"]) <= set(LLM_MODELS):
+        title = "Allocation quality: causal language models"
+        LLM_RESULTS_MD.write_text(markdown(results, title, PLOT_LLM_NAME))
+        plot(results, LLM_PLOT)
+        return
     old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
     RESULTS_MD.write_text(keep_block(old, markdown(results)))
     plot(results, PLOT)

@@ -42,9 +42,28 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+def _llm_runs(trace: dict, subset: int) -> list[dict]:
+    """smollm2-135m: the whole-model methods at the job's defaults; the per-layer Hessian
+    methods (one double backward per layer, iteration or pair and per calibration
+    sequence) on an evenly spread subset of layers, extrapolated. No PyHessian loop:
+    its per-layer `hessian` takes one calibration batch, and this family has eight."""
+    return [
+        {"label": "fisher", "method": "fisher", "params": {"tol": trace["tol"]}},
+        {"label": "hawq_v2", "method": "hawq_v2", "params": {"tol": trace["tol"]}},
+        {"label": "lrp", "method": "lrp", "params": {}},
+        {"label": "hawq_v1 (subset)", "method": "hawq_v1", "subset": subset,
+         "params": {"tol": 1e-2, "max_iter": 30}},
+        {"label": "interlayer hessian pairs (subset)", "method": "interlayer", "subset": subset,
+         "params": {"tol": trace["tol"], "window": 2, "pairs": "hessian"}},
+        {"label": "empirical", "method": "empirical", "params": {}},
+    ]
+
+
 def _runs(model: str, tol: float, subset: int) -> list[dict]:
     """(label, kind, method, params) for one model."""
     trace = {"tol": tol, "min_probes": 8, "max_probes": 200}
+    if model == "smollm2-135m":
+        return _llm_runs(trace, subset)
     heavy = model == "minilm"
     runs = [
         {"label": "hawq_v2", "method": "hawq_v2", "params": {**trace}},
@@ -175,8 +194,12 @@ def main() -> None:
 
 def _ratios(rows: dict) -> None:
     """Baseline total (extrapolated on a subset) and each method's share of it."""
-    base = next(r for label, r in rows.items() if label.startswith("PyHessian"))
-    if "error" in base:
+    for r in rows.values():  # a per-layer subset, extrapolated to every layer
+        if "error" not in r and r.get("subset"):
+            r["seconds_total_est"] = r["seconds"] / len(r["layers"]) * r["total_layers"]
+            r["extrapolated"] = True
+    base = next((r for label, r in rows.items() if label.startswith("PyHessian")), None)
+    if base is None or "error" in base:
         return
     per_layer = base["seconds"] / len(base["layers"])
     base["seconds_total_est"] = per_layer * base["total_layers"]
