@@ -52,14 +52,16 @@ function renderHead(el, job) {
 }
 
 function renderResult(el, job, r) {
-  el.replaceChildren(
+  el.replaceChildren(...[
     h("div.grid", {}, summaryCard(r), qualityCard(r)),
     h("div.card", {}, h("h2", {}, "Bit width per layer"), bitsChart(r.layers)),
     h("div.card", {}, h("h2", {}, "Sensitivity per layer"), sensitivityChart(r.layers)),
     h("div.card", {}, h("h2", {}, "Pareto curve"), paretoChart(r)),
     h("div.card", {}, h("h2", {}, "Measured quality against uniform quantization"), qualityChart(r)),
+    r.uniform_activation_points?.length
+      ? h("div.card", {}, h("h2", {}, "Against uniform (weight, activation) widths"), activationTable(r)) : null,
     h("div.card", {}, h("h2", {}, "Layers"), layerTable(r)),
-    h("div.card", {}, h("h2", {}, "Downloads"), downloads(job, r)));
+    h("div.card", {}, h("h2", {}, "Downloads"), downloads(job, r))].filter(Boolean));
 }
 
 function dl(pairs) {
@@ -100,6 +102,26 @@ function qualityCard(r) {
     h("p.muted", {}, `Uniform ${q.uniform_bits}-bit is ${fmtBytes(q.uniform_size_bytes)}; `
       + `the allocation is ${fmtBytes(r.summary.size_bytes)}. A drop is the change from full `
       + "precision for the worse."));
+}
+
+// The allocation beside uniform W8A8, W4A8, ... (every input at that width): the cost in the
+// frontier's budget (BOPs under a bops budget) and the headline metric with its drop.
+function activationTable(r) {
+  const q = r.quality;
+  const m = q.metric;
+  const kind = r.frontier_kind || "bops";
+  const allocCost = kind === "bops" ? r.summary.bops : r.solver.budget_use[kind]?.[0];
+  const row = (label, cost, size, quality, attrs) => h("tr", attrs, h("td", {}, label),
+    h("td.num", {}, fmtNum(cost)), h("td.num", {}, fmtBytes(size)), h("td.num", {}, fmtNum(quality[m], 4)),
+    h("td.num", { "data-drop": m }, fmtNum(drop(q, m, q.full_precision[m], quality[m]), 3)));
+  return h("table", { id: "activation-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, "widths"), h("th.num", {}, kind === "bops" ? "BOPs" : kind),
+      h("th.num", {}, "size"), h("th.num", {}, `${m} (${direction(q, m)} is better)`),
+      h("th.num", {}, "drop"))),
+    h("tbody", {},
+      row("allocation", allocCost, r.summary.size_bytes, q.allocation, { "data-point": "allocation" }),
+      r.uniform_activation_points.map((u) => row(`W${u.w_bits}A${u.a_bits}`, u.cost, u.size_bytes, u.quality,
+        { "data-point": `W${u.w_bits}A${u.a_bits}` }))));
 }
 
 function layerTable(r) {

@@ -6,6 +6,10 @@ import { h } from "./dom.js";
 
 const BUILTIN = ["digits-cnn", "minilm"]; // replaced by /dashboard/builtins.json when it loads
 const WIDTHS = [2, 3, 4, 5, 6, 8, 16];
+// the inputs' widths (16: not quantized, the API's default) and how they are quantized
+const ACT_WIDTHS = [4, 6, 8, 16];
+const ACT_MODES = ["static", "dynamic"];
+const ACT_RANGES = ["minmax", "percentile", "mse"];
 const BUDGETS = [["avg_bits", "average bits", "4"], ["size_mb", "size (MB)", ""],
   ["bops", "bit operations", ""], ["latency_ms", "latency (ms)", ""],
   ["max_quality_drop", "max quality drop", ""]];
@@ -45,6 +49,11 @@ export function submitView(root) {
     h("input", { id: `budget-${k}`, type: "number", step: "any", value: v })]));
   const widths = WIDTHS.map((b) => h("input", { type: "checkbox", value: b, checked: true,
     id: `bits-${b}` }));
+  const actWidths = ACT_WIDTHS.map((b) => h("input", { type: "checkbox", value: b, checked: b === 16,
+    id: `act-bits-${b}` }));
+  const actMode = h("select", { id: "act-mode" }, ACT_MODES.map((m) => h("option", { value: m }, m)));
+  const actRange = h("select", { id: "act-range" }, ACT_RANGES.map((r) => h("option", { value: r }, r)));
+  const actSymmetric = h("input", { id: "act-symmetric", type: "checkbox" });
   const groupSize = h("input", { id: "group-size", type: "number", value: "128" });
   const symmetric = h("input", { id: "symmetric", type: "checkbox" });
   const mseClip = h("input", { id: "mse-clip", type: "checkbox" });
@@ -68,7 +77,14 @@ export function submitView(root) {
       h("div.row", {}, BUDGETS.map(([k, label]) => field(`budgets.${k}`, label, budgetInputs[k]))),
       h("div.field-error", { id: "error-budgets" }),
       field("weight_bits", "Candidate weight widths", h("div.checks", { id: "weight-bits" },
-        widths.map((w) => h("label", {}, w, `${w.value}-bit`))))),
+        widths.map((w) => h("label", {}, w, `${w.value}-bit`)))),
+      h("div.row", {}, field("activation_bits", "Candidate activation widths", h("div.checks", { id: "activation-bits" },
+        actWidths.map((w) => h("label", {}, w, w.value === "16" ? "16-bit (not quantized)" : `${w.value}-bit`))),
+      "below 16: joint (weight, activation) choices; hawq_v2, fisher or empirical"),
+      field("quant.activation", "Activation mode", actMode),
+      h("div.field", { "data-field": "quant.activation.range" }, h("label", { for: actRange.id }, "Activation range"),
+        actRange),
+      h("div.field.checks", {}, h("label", {}, actSymmetric, "symmetric activations")))),
     h("div.card", {}, h("h2", {}, "Quantization and overrides"),
       h("div.row", {}, field("quant", "Group size", groupSize),
         h("div.field.checks", {}, h("label", {}, symmetric, "symmetric"), h("label", {}, mseClip, "MSE clipping")),
@@ -101,6 +117,11 @@ export function submitView(root) {
         seed: Number(seed.value || 0),
         export: exportFormat.value,
       };
+      const actBits = actWidths.filter((w) => w.checked).map((w) => Number(w.value));
+      if (actBits.some((b) => b < 16)) { // else nothing: the API's default (16, not quantized)
+        body.activation_bits = actBits;
+        body.quant.activation = { mode: actMode.value, range: actRange.value, symmetric: actSymmetric.checked };
+      }
       body.method_params = parseParams(params.value);
       const ds = await chosen(dataset, "datasets", "dataset");
       if (ds) body.dataset = ds;
@@ -223,6 +244,7 @@ function errorsByField(err) {
 }
 
 function guessField(msg) {
+  if (/activation/.test(msg)) return "activation_bits"; // e.g. an export or method without them
   if (/^export /.test(msg)) return "export";
   return /avg_bits|size_mb|size_bytes|bops|latency_ms|budget/.test(msg) ? "budgets" : "";
 }
