@@ -17,6 +17,7 @@ PLOT_LLM_NAME = LLM_PLOT.name
 HEADLINE = 3.0
 SECONDARY = {"accuracy": "test_loss", "cosine_to_fp": "paraphrase_recall_at_1", "perplexity": "kl_to_fp"}
 LOWER_IS_BETTER = {"test_loss", "perplexity", "kl_to_fp"}
+LOG_SCALE = {"perplexity"}
 RECOMMENDATION = """\
 **Default: `fisher` with `tol=0.1, max_probes=30`** (the settings measured here), in place of `hawq_v2`.
 
@@ -308,8 +309,9 @@ def panel(ax, model: dict, results: dict, metric: str) -> None:
         if m in results["methods"]:  # variants far off (a failed one) do not set the scale
             shown += series[m]
     rnd = [model["budgets"][str(b)]["random"] for b in budgets]
+    log = metric in LOG_SCALE
     if all(q(r, metric) is not None for r in rnd):
-        sd = [r["std"] if metric == model["metric"] else 0.0 for r in rnd]
+        sd = [r["std"] if metric == model["metric"] and not log else 0.0 for r in rnd]
         ax.errorbar([r["avg_bits"] for r in rnd], [q(r, metric) for r in rnd], yerr=sd, color="grey",
                     ls=":", marker="s", ms=3, capsize=2, label="random (mean ± sd)")
         shown += [q(r, metric) + d * k for r, d in zip(rnd, sd) for k in (-1, 1)]
@@ -318,6 +320,12 @@ def panel(ax, model: dict, results: dict, metric: str) -> None:
     ax.plot(*zip(*uni), color="black", ls="--", marker="x", label="uniform (every width)")
     fp = model["full_precision"][metric]
     ax.axhline(fp, color="black", lw=0.8, alpha=0.5, label="full precision")
+    if log:  # a collapsed LM's perplexity is orders of magnitude above the rest
+        ax.set_yscale("log")
+        ax.set_xlabel("average bits per weight (overhead included)")
+        ax.set_ylabel(f"{metric} (lower is better, log scale)")
+        ax.grid(alpha=0.3)
+        return
     lo, hi = min(shown + [fp]), max(shown + [fp])
     pad = 0.15 * (hi - lo) + 1e-3
     ax.set_ylim(lo - pad, hi + pad)
