@@ -4,6 +4,7 @@ and Celery workers."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import time
@@ -17,6 +18,7 @@ from sensitivity.bundle import ModelBundle
 from sensitivity.engine import compute_table
 from sensitivity.layers import discover_layers
 from sensitivity.memory import release_freed_memory
+from sensitivity.methods import get_method
 from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
@@ -116,7 +118,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     stage("sensitivity")
     try:
         table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
-                              dict(spec.method_params), progress, weights=weights)
+                              method_params(spec), progress, weights=weights)
     except CalibrationError as exc:  # the calibration data cannot support GPTQ / AdaQuant
         raise JobError(str(exc)) from None
     except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
@@ -188,6 +190,17 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     result.timings.update(timings)
     result.peak_rss_mb.update(peak_rss)
     return result
+
+
+def method_params(spec: JobSpec) -> dict:
+    """The method's parameters, with the job's `seed` as the method's unless they name one
+    (for the methods that draw random probes or starts: its part of the table's key). Seed
+    0 is every method's default, so it leaves the parameters, and the key, as given."""
+    params = dict(spec.method_params)
+    fields = {f.name for f in dataclasses.fields(get_method(spec.method).config)}
+    if "seed" in fields and spec.seed:
+        params.setdefault("seed", spec.seed)
+    return params
 
 
 def peak_rss_mb() -> float:

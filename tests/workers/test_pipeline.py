@@ -76,6 +76,19 @@ def test_peak_memory_is_reported_per_stage(digits_result):
     assert peaks["evaluate"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def test_the_job_seed_draws_the_probes_unless_the_params_name_one(digits_result):
+    def traces(result):
+        return {r.name: r.stats["trace"] for r in result.layers}
+
+    result, _ = digits_result  # seed 0
+    reseeded = run_job(spec(seed=7))
+    assert reseeded.sensitivity["params"]["seed"] == 7
+    assert traces(reseeded) != pytest.approx(traces(result), rel=1e-3)  # other probes
+    named = run_job(spec(seed=7, method_params={**FAST, "seed": 0}))
+    assert named.sensitivity["params"]["seed"] == 0
+    assert traces(named) == pytest.approx(traces(result), rel=1e-6)  # the same draws, recomputed
+
+
 def test_pins_exclusions_and_size_budget(digits_bundle):
     result = run_job(spec(budgets={"size_mb": 0.05}, overrides={"pins": {"fc2": 8}, "exclude": ["stem.0"]}))
     bits = {layer.name: layer.w_bits for layer in result.layers}
