@@ -66,12 +66,14 @@ LLM_NOTES = """\
   Gauss–Newton computation, so the tables and allocations are identical.
 - `lrp` (AttnLRP) is the weakest method on this model (77.8 at 4 bits, 35.7 at 5), and close
   to random below 4 bits.
-- Not in the table yet: `empirical`, `hawq_v1` and `interlayer`. On this machine `empirical`
+- `interlayer` (on two calibration sequences, pairs of neighbours; 1,302 s on two cores) is
+  within a few per cent of `fisher`: 3,772 against 3,505 at 3 bits, 54.74 against 56.24 at 4,
+  31.22 against 30.82 at 5.
+- Not in the table yet: `empirical` and `hawq_v1`. On this machine `empirical`
   (one forward pass per layer, width and sequence, 211 × 6 × 8) reached layer 123 of 211 in
   about an hour of one core shared with two other jobs; `hawq_v1` on two sequences with 3
-  iterations reached layer 32 in 11 minutes (~70 minutes for all); `interlayer`'s Hessian pairs
-  take ~4 hours on the eight sequences (bench/sensitivity.py, docs/benchmarks.md). Add them with
-  `bench/quality.py --models smollm2-135m --methods empirical` (and `hawq_v1`, `interlayer`):
+  iterations reached layer 32 in 11 minutes (~70 minutes for all). Add them with
+  `bench/quality.py --models smollm2-135m --methods empirical` (and `hawq_v1`):
   the rows merge into `bench/results/quality-llm.json`, and a killed table resumes from its
   checkpoint."""
 
