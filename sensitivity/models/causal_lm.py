@@ -193,10 +193,10 @@ def corpus_batches(tokenizer, length: int):
         return chunks({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, size)
 
     return batches(calib, CALIBRATION_BATCH), batches(held, EVALUATION_BATCH), {
-        "calibration": f"built-in prose, {prose.title}, chapters I-VI: {calib.shape[0]} sequences "
-                       f"of {length} tokens, {DISTILLATION}",
-        "evaluation": f"built-in prose, chapters VII-XII (no overlap with calibration): "
-                      f"{held.shape[0]} sequences of {length} tokens",
+        "calibration": f"built-in prose ({prose.calibration_parts}): the first {calib.shape[0]} "
+                       f"sequences of {length} tokens, {DISTILLATION}",
+        "evaluation": f"built-in prose ({prose.evaluation_parts}; no overlap with calibration): "
+                      f"the first {held.shape[0]} sequences of {length} tokens",
         "loss": DISTILLATION, "sequence_length": length}
 
 
@@ -215,7 +215,7 @@ def quantizer_facts(quantizer: Sequence[Batch] | None, calibration: Sequence[Bat
     sequences = sum(int(b["input_ids"].shape[0]) for b in batches)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     what = ("the calibration sequences" if quantizer is None else
-            f"built-in prose, chapters I-VI: {sequences} sequences of "
+            f"built-in prose ({load_prose().calibration_parts}): {sequences} sequences of "
             f"{int(batches[0]['input_ids'].shape[1])} tokens")
     return {"quantizer_calibration": f"{what} (GPTQ / AdaQuant layer inputs, forward passes only)",
             "quantizer_calibration_sequences": sequences, "quantizer_calibration_tokens": tokens}
