@@ -98,10 +98,10 @@ class OutputGraph:
 
         def hook(key, module, args, out):
             i, _ = key
-            self.gram_x[key] = _input_gram(module, args[0].detach())
+            self.gram_x[key] = input_gram(module, args[0].detach())
             if len(self.uses[i]) == 1:
-                self.taps[i] = torch.zeros((), dtype=torch.float64, requires_grad=True)
-                return _NormTap.apply(out, self.taps[i], self.gram_x[key], _layout(module))
+                out, self.taps[i] = norm_tap(module, out, self.gram_x[key])
+                return out
             self.inputs[key] = args[0].detach()
             if not out.requires_grad:
                 out = out.detach().requires_grad_(True)
@@ -137,8 +137,7 @@ class OutputGraph:
                 cols[i] += g
         by_use = {key: g for key, g in zip(live, grads[len(taps):]) if g is not None}
         for (i, j), g in by_use.items():
-            gs = _positions(self.uses[i][j], g)  # (k, B, T, out)
-            cols[i] += _gram_sum(gs, gs, self.gram_x[(i, j)])
+            cols[i] += use_norm(self.uses[i][j], g, self.gram_x[(i, j)])
         for i in layers:
             keys = [(i, j) for j in range(len(self.uses[i])) if (i, j) in by_use]
             for a, b in combinations(keys, 2):
@@ -146,33 +145,53 @@ class OutputGraph:
         return torch.stack([cols[i] for i in layers], 1)
 
     def _cross(self, a, b, ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
-        """(k,) ⟨G_a, G_b⟩ summed over samples, for two uses of one weight. A use's
-        per-sample gradient is Σ_t L_t R_tᵀ: linear layers L = output gradient, R =
-        input; embeddings L = one-hot token, R = output gradient."""
-        ma, mb = self.uses[a[0]][a[1]], self.uses[b[0]][b[1]]
-        if isinstance(ma, nn.Embedding) and not isinstance(mb, nn.Embedding):
-            a, b, ga, gb, ma, mb = b, a, gb, ga, mb, ma
-        xa, xb = self.inputs[a], self.inputs[b]
-        if is_linear_like(ma) and is_linear_like(mb):  # (g_t·g'_s)(x_t·x'_s)
-            cross_x = torch.einsum("bti,bsi->bts", _rows(xa), _rows(xb))
-            return _gram_sum(_positions(ma, ga), _positions(mb, gb), cross_x)
-        if is_linear_like(ma) and isinstance(mb, nn.Embedding):  # g_s[id_t] (x_s·a_t)
-            g_lin, x_lin = _positions(ma, ga), _rows(xa)  # (k, B, S, V), (B, S, d)
-            ids = _token_ids(mb, xb)  # (B, T), -1 where the embedding has no gradient
-            a_emb = _positions(mb, gb)  # (k, B, T, d)
-            out = torch.zeros(ga.shape[0], dtype=torch.float64)
-            for p in range(ga.shape[0]):  # one probe at a time: (B, S, V) is the big one
-                picked = g_lin[p].gather(-1, ids.clamp_min(0).unsqueeze(1).expand(-1, g_lin.shape[2], -1))
-                picked = picked * (ids >= 0).unsqueeze(1)  # (B, S, T)
-                dots = torch.einsum("bsd,btd->bst", x_lin.double(), a_emb[p].double())
-                out[p] = (picked.double() * dots).sum()
-            return out
-        if isinstance(ma, nn.Embedding) and isinstance(mb, nn.Embedding):  # [id_t = id'_s](a_t·a'_s)
-            ia, ib = _token_ids(ma, xa), _token_ids(mb, xb)
-            same = ((ia.unsqueeze(2) == ib.unsqueeze(1)) & (ia >= 0).unsqueeze(2)).double()
-            return _gram_sum(_positions(ma, ga), _positions(mb, gb), same)
-        raise ValueError(f"per-sample Gauss–Newton probes do not support a weight shared by "
-                         f"{type(ma).__name__} and {type(mb).__name__}; use engine='gn_joint'")
+        """(k,) ⟨G_a, G_b⟩ summed over samples, for two uses of one weight."""
+        return use_cross(self.uses[a[0]][a[1]], self.inputs[a], ga,
+                         self.uses[b[0]][b[1]], self.inputs[b], gb)
+
+
+def norm_tap(module: nn.Module, out: torch.Tensor, gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`out` through a `_NormTap`, the scalar leaf whose gradient in a backward pass from
+    the output is the module's per-sample weight-gradient norm), `gram` its input Gram."""
+    leaf = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    return _NormTap.apply(out, leaf, gram, _layout(module)), leaf
+
+
+def use_norm(module: nn.Module, g: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """(k,) Σ_s ‖G_s‖² of one use of a weight from its output gradients (k, *z.shape)
+    and its input Gram (`input_gram`)."""
+    gs = _positions(module, g)  # (k, B, T, out)
+    return _gram_sum(gs, gs, gram)
+
+
+def use_cross(ma: nn.Module, xa: torch.Tensor, ga: torch.Tensor,
+              mb: nn.Module, xb: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:
+    """(k,) ⟨G_a, G_b⟩ summed over samples, for two uses a, b of one weight (module,
+    its input, its output gradients (k, *z.shape)). A use's per-sample gradient is
+    Σ_t L_t R_tᵀ: linear layers L = output gradient, R = input; embeddings L = one-hot
+    token, R = output gradient."""
+    if isinstance(ma, nn.Embedding) and not isinstance(mb, nn.Embedding):
+        ma, xa, ga, mb, xb, gb = mb, xb, gb, ma, xa, ga
+    if is_linear_like(ma) and is_linear_like(mb):  # (g_t·g'_s)(x_t·x'_s)
+        cross_x = torch.einsum("bti,bsi->bts", _rows(xa), _rows(xb))
+        return _gram_sum(_positions(ma, ga), _positions(mb, gb), cross_x)
+    if is_linear_like(ma) and isinstance(mb, nn.Embedding):  # g_s[id_t] (x_s·a_t)
+        g_lin, x_lin = _positions(ma, ga), _rows(xa)  # (k, B, S, V), (B, S, d)
+        ids = _token_ids(mb, xb)  # (B, T), -1 where the embedding has no gradient
+        a_emb = _positions(mb, gb)  # (k, B, T, d)
+        out = torch.zeros(ga.shape[0], dtype=torch.float64)
+        for p in range(ga.shape[0]):  # one probe at a time: (B, S, V) is the big one
+            picked = g_lin[p].gather(-1, ids.clamp_min(0).unsqueeze(1).expand(-1, g_lin.shape[2], -1))
+            picked = picked * (ids >= 0).unsqueeze(1)  # (B, S, T)
+            dots = torch.einsum("bsd,btd->bst", x_lin.double(), a_emb[p].double())
+            out[p] = (picked.double() * dots).sum()
+        return out
+    if isinstance(ma, nn.Embedding) and isinstance(mb, nn.Embedding):  # [id_t = id'_s](a_t·a'_s)
+        ia, ib = _token_ids(ma, xa), _token_ids(mb, xb)
+        same = ((ia.unsqueeze(2) == ib.unsqueeze(1)) & (ia >= 0).unsqueeze(2)).double()
+        return _gram_sum(_positions(ma, ga), _positions(mb, gb), same)
+    raise ValueError(f"per-sample Gauss–Newton probes do not support a weight shared by "
+                     f"{type(ma).__name__} and {type(mb).__name__}; use engine='gn_joint'")
 
 
 def per_sample_probe_norms(pert: Perturbation, batch: Batch, k: int, gen: torch.Generator,
@@ -253,7 +272,7 @@ def _token_ids(module: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     return ids
 
 
-def _input_gram(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def input_gram(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(B, T, T) float64: x_t·x_t' per sample, in the positions of `_positions`."""
     b = x.shape[0]
     if is_linear_like(module):

@@ -217,15 +217,23 @@ def _quantize_blocks(blocks: _Blocks, inputs, modules: Mapping[str, nn.Module], 
     for i, block in enumerate(blocks.modules):
         calls = [(batch[i][0][1:], batch[i][1]) for batch in inputs]
         runs = [partial(_run_block, h, args, kwargs) for h, (args, kwargs) in zip(hidden, calls)]
-        mine = {n for n in pending if n.startswith(f"{blocks.prefix}.{i}.")}
-        while mine:
-            group = _next_group(block, modules, mine, runs)
-            if not group:
-                raise ValueError("the calibration data never reaches "
-                                 f"{', '.join(sorted(mine))}: no inputs to quantize them from")
-            commit(group)
-            mine -= set(group)
+        quantize_block(block, modules, {n for n in pending if n.startswith(f"{blocks.prefix}.{i}.")},
+                       runs, commit)
         hidden = [_first(run(block)) for run in runs]
+
+
+def quantize_block(block: nn.Module, modules: Mapping[str, nn.Module], names: set[str],
+                   runs: Sequence[BatchRun], commit: Callable[[Mapping[str, LayerHessian]], None]) -> None:
+    """The named layers of one block, group by group in forward order; `runs` run the
+    block on each batch's input (`modules`: name -> module for the names)."""
+    mine = set(names)
+    while mine:
+        group = _next_group(block, modules, mine, runs)
+        if not group:
+            raise ValueError("the calibration data never reaches "
+                             f"{', '.join(sorted(mine))}: no inputs to quantize them from")
+        commit(group)
+        mine -= set(group)
 
 
 def _run_block(hidden: torch.Tensor, args: tuple, kwargs: dict, block: nn.Module):
