@@ -29,7 +29,9 @@ from sensitivity.layers import LayerInfo
 from sensitivity.paths import atomic_write_bytes, cache_dir
 from sensitivity.table import Choice, SensitivityTable
 
-FORMAT = 3  # 2: interlayer with measured pairs measures its per-layer terms too; 3: lrp with AttnLRP rules
+# 2: interlayer with measured pairs measures its per-layer terms too; 3: lrp with AttnLRP rules;
+# 4: Hutchinson's probes drawn per shard (sensitivity.shards), another stream than one generator
+FORMAT = 4
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:

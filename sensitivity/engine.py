@@ -26,6 +26,7 @@ from sensitivity.layers import LayerInfo
 from sensitivity.methods import check_activation_method, parse_method_params
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
+from sensitivity.shards import ShardExecutor
 from sensitivity.table import Choice, SensitivityTable
 
 
@@ -33,10 +34,12 @@ def compute_table(
     method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], choices: Sequence[Choice],
     quant: QuantScheme, params: dict[str, Any], progress: Progress = no_progress, *,
     cache: TableCache | None = None, use_cache: bool = True, checkpoint_interval_s: float = 10.0,
-    weights: QuantizedWeights | None = None,
+    weights: QuantizedWeights | None = None, shards: ShardExecutor | None = None,
 ) -> SensitivityTable:
     """`weights`: the job's provider of quantized weights (for `quant`), so the table and
-    the evaluation share one set of GPTQ / AdaQuant results; a fresh one when not given."""
+    the evaluation share one set of GPTQ / AdaQuant results; a fresh one when not given.
+    `shards`: where Hutchinson's probe shards run (`sensitivity.shards`; here by default);
+    the table is the same wherever they run, so it is not part of the key."""
     config = parse_method_params(method, params)
     if any(c[1] < ACTIVATION_BITS for c in choices):
         check_activation_method(method)
@@ -52,7 +55,7 @@ def compute_table(
 
     def run(checkpoint: Checkpoint) -> SensitivityTable:
         ctx = EstimatorContext(bundle, layers, weight_choices, quant, StageProgress(progress), checkpoint,
-                               weights)
+                               weights, shards)
         table = estimator(ctx, config)
         if joint:
             table = add_activation_terms(ctx, table, method, config, choices)

@@ -4,7 +4,8 @@ The context carries the model, the layers and candidate choices, the job's
 quantization scheme and its provider of quantized weights (`weights`: Q_b(W_l)
 under the job's quantizer, `sensitivity.quantized`), the calibration batches with
 their weights in the loss, a progress reporter already scoped to the "sensitivity"
-stage, and the checkpoint the engine opened for the table (`sensitivity.checkpoint`). The config is the
+stage, the checkpoint the engine opened for the table (`sensitivity.checkpoint`), and
+the executor of Hutchinson's probe shards (`sensitivity.shards`). The config is the
 method's validated parameters (`sensitivity.methods`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import Batch, ModelBundle
@@ -43,6 +45,13 @@ class WeightedBatch:
     share: float  # its samples / all calibration samples: its weight in the calibration loss
 
 
+def weighted_batches(bundle: ModelBundle) -> list[WeightedBatch]:
+    """The calibration batches with their shares of the calibration loss."""
+    calib = bundle.calibration
+    total = sum(bundle.batch_size(b) for b in calib)
+    return [WeightedBatch(b, bundle.batch_size(b) / total) for b in calib]
+
+
 @dataclass
 class EstimatorContext:
     bundle: ModelBundle
@@ -52,8 +61,15 @@ class EstimatorContext:
     progress: StageProgress = field(default_factory=StageProgress)
     checkpoint: Checkpoint = NO_CHECKPOINT
     weights: QuantizedWeights | None = None  # the job's; one of the context's own when not given
+    # where Hutchinson's shards run (`sensitivity.shards`): here, one after the other, by default
+    shards: Any = None
+
 
     def __post_init__(self):
+        if self.shards is None:
+            from sensitivity.shards import LocalShards
+
+            self.shards = LocalShards()
         if self.weights is None:
             self.weights = QuantizedWeights(self.bundle, self.scheme,
                                             lambda stage, f, message: self.progress(f, message))
@@ -64,9 +80,7 @@ class EstimatorContext:
 
     @cached_property
     def batches(self) -> list[WeightedBatch]:
-        calib = self.bundle.calibration
-        total = sum(self.bundle.batch_size(b) for b in calib)
-        return [WeightedBatch(b, self.bundle.batch_size(b) / total) for b in calib]
+        return weighted_batches(self.bundle)
 
     @property
     def single_batch(self) -> bool:

@@ -19,8 +19,12 @@ of samples, stops layers, checkpoints and reports is the same for all of them:
   (then the Gauss–Newton/Fisher trace, not the Hessian's).
 
 Each round draws `block` samples per unfinished layer; a sample is the
-batch-size-weighted mean of vᵀH_b v over the calibration batches. The state
-(running means, probe count, generator) is checkpointed between rounds.
+batch-size-weighted mean of vᵀH_b v over the calibration batches. A round is cut
+into shards (a chunk of its probes on one batch, each with a generator seeded from
+the seed and the shard's place, `sensitivity.shards`), run by the context's shard
+executor — here, or on other workers — and merged in a fixed order, so the table
+does not depend on where they ran. The state (running means, probe count, round)
+is checkpointed between rounds.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ from dataclasses import dataclass
 import torch
 
 from sensitivity.bundle import ModelBundle
-from sensitivity.checkpoint import generator_state, restore_generator
-from sensitivity.estimators.context import EstimatorContext, StageProgress, WeightedBatch
+from sensitivity.estimators.context import EstimatorContext, StageProgress, WeightedBatch, weighted_batches
 from sensitivity.gauss_newton import OutputGraph, output_probe_norms, tangent_quadratics
 from sensitivity.hvp import LossGraph, rademacher
 from sensitivity.memory import release_freed_memory
 from sensitivity.methods import ProbeSettings
 from sensitivity.perturb import Perturbation, frozen
+from sensitivity.shards import PROBES_PER_SHARD, LocalShards, ShardRunner, merge_round, plan_round
 from sensitivity.stats import RunningMean
 
 Samples = dict[int, torch.Tensor]  # layer index -> (block,) float64 samples being summed
@@ -153,6 +157,27 @@ def gauss_newton_engine(bundle: ModelBundle, engine: str) -> type[ProbeEngine]:
     return JointGaussNewtonEngine if engine == "gn_joint" else GaussNewtonEngine
 
 
+# The engines another process can rebuild from a shard's payload (`shard_runner`);
+# the activation terms' engines perturb layer inputs and run their shards here.
+SHARD_ENGINES: dict[str, type[ProbeEngine]] = {**ENGINES, "hvp_shared": SharedHessianEngine}
+
+
+def engine_key(engine_type: type[ProbeEngine]) -> str:
+    """The engine's key in SHARD_ENGINES, "" for one only this process can run."""
+    return next((k for k, e in SHARD_ENGINES.items() if e is engine_type), "")
+
+
+def shard_runner(bundle: ModelBundle, names: Sequence[str], engine: str) -> ShardRunner:
+    """What another process runs a shard's payload with: the engine over the layers'
+    weights of its own copy of the bundle."""
+    if engine not in SHARD_ENGINES:
+        raise ValueError(f"engine {engine!r} cannot run a shard elsewhere; "
+                         f"known: {', '.join(sorted(SHARD_ENGINES))}")
+    single = len(bundle.calibration) == 1
+    return ShardRunner(bundle, SHARD_ENGINES[engine](Perturbation(bundle, names), single),
+                       weighted_batches(bundle))
+
+
 @dataclass
 class TraceResult:
     stats: dict[str, RunningMean]
@@ -165,36 +190,42 @@ def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
                       probes: ProbeSettings, *, pert=None, state: str = "hutchinson") -> TraceResult:
     """`pert`: what the engine perturbs (the layers' weights by default; the activation
     terms pass their inputs, `sensitivity.estimators.activation_terms`); `state`: the
-    checkpoint kind of this computation."""
+    checkpoint kind of this computation, and its shards' kind (`sensitivity.shards`).
+    Shards of the layers' weights run on `ctx.shards`; the others here."""
     start = time.perf_counter()
     names = ctx.names
     engine = engine_type(pert if pert is not None else Perturbation(ctx.bundle, names), ctx.single_batch)
-    gen = torch.Generator().manual_seed(probes.seed)
+    runner = ShardRunner(ctx.bundle, engine, ctx.batches)
+    key = engine_key(engine_type) if pert is None else ""
+    executor = ctx.shards if key else LocalShards()
     stats = {n: RunningMean() for n in names}
-    hvps = 0
+    hvps, round_ = 0, 0
     saved = ctx.checkpoint.load(state)
-    if saved:
+    if saved and "round" in saved:  # (a checkpoint from before the shards drew another stream)
         stats = {n: RunningMean.from_state(s) for n, s in saved["stats"].items()}
-        hvps = saved["hvps"]
-        restore_generator(gen, saved["generator"])
+        hvps, round_ = saved["hvps"], saved["round"]
     active = [i for i, n in enumerate(names) if not _done(stats[n], probes)]
-    round_seconds: list[float] = []
+    k = probes.block or engine.default_block
+    chunk = min(k, PROBES_PER_SHARD)
+    report = _Reporter(ctx.progress, names, probes, k)
     with frozen(ctx.bundle.model):
         while active:
             t0 = time.perf_counter()
-            k = probes.block or engine.default_block
-            sample = {i: torch.zeros(k, dtype=torch.float64) for i in active}
-            for b, wb in enumerate(ctx.batches):
-                hvps += engine.add_samples(b, wb, k, gen, active, sample)
+            shards = plan_round(state, round_, names, active, k, chunk, len(ctx.batches), probes.seed, key)
+            report.round_started(stats, active, len(shards), hvps)
+            results = executor.run(shards, runner, report.shards_done)
+            sample, evaluations = merge_round(shards, results)
+            hvps += evaluations
             for i in active:
                 for x in sample[i].tolist():
                     stats[names[i]].add(x)
+            round_ += 1
             active = [i for i in active if not _done(stats[names[i]], probes)]
             release_freed_memory()  # the round's graphs and probes
-            round_seconds.append(time.perf_counter() - t0)
+            report.round_seconds.append(time.perf_counter() - t0)
             ctx.checkpoint.save(state, {"stats": {n: s.to_state() for n, s in stats.items()},
-                                               "hvps": hvps, "generator": generator_state(gen)})
-            _report(ctx.progress, names, stats, active, probes, k, hvps, round_seconds)
+                                        "hvps": hvps, "round": round_})
+            report.round_finished(stats, active, hvps)
     return TraceResult(stats, hvps, time.perf_counter() - start, engine.name)
 
 
@@ -202,23 +233,49 @@ def _done(stats: RunningMean, probes: ProbeSettings) -> bool:
     return stats.done(probes.tol, probes.min_probes, probes.max_probes)
 
 
-def _report(progress: StageProgress, names: Sequence[str], stats: dict[str, RunningMean],
-            active: list[int], probes: ProbeSettings, block: int, hvps: int,
-            round_seconds: list[float]) -> None:
-    needed = {i: stats[names[i]].probes_needed(probes.tol, probes.max_probes) for i in active}
-    rounds_left = max(((needed[i] - stats[names[i]].n) / block for i in active), default=0)
-    recent = sum(round_seconds[-3:]) / len(round_seconds[-3:])
-    eta = max(rounds_left, 0) * recent
-    frac = sum(1.0 if i not in needed else min(1.0, stats[n].n / needed[i])
-               for i, n in enumerate(names)) / len(names)
-    done = len(names) - len(active)
-    if active:
-        worst = max(active, key=lambda i: stats[names[i]].rel_error)
-        msg = (f"{done}/{len(names)} layers converged; {names[worst]}: {stats[names[worst]].n} probes, "
-               f"rel. error {stats[names[worst]].rel_error:.1%}; {hvps} HVPs; ~{eta:.0f}s left")
-    else:
-        msg = f"{done}/{len(names)} layers converged; {hvps} HVPs"
-    progress(frac, msg)
+class _Reporter:
+    """The stage's progress: each layer's share of the probes its stopping rule is
+    forecast to need, counting the finished shards of the running round; never
+    reported lower than before (a forecast can grow after a round)."""
+
+    def __init__(self, progress: StageProgress, names: Sequence[str], probes: ProbeSettings, block: int):
+        self.progress, self.names, self.probes, self.block = progress, names, probes, block
+        self.round_seconds: list[float] = []
+        self.best = 0.0
+        self._round: tuple | None = None
+
+    def round_started(self, stats: dict[str, RunningMean], active: list[int], shards: int, hvps: int) -> None:
+        self._round = (stats, active, shards, hvps)
+
+    def shards_done(self, n: int) -> None:
+        stats, active, shards, hvps = self._round
+        done = len(self.names) - len(active)
+        self._emit(stats, active, self.block * n / shards,
+                   f"{done}/{len(self.names)} layers converged; round shards {n}/{shards}; {hvps} HVPs")
+
+    def round_finished(self, stats: dict[str, RunningMean], active: list[int], hvps: int) -> None:
+        names, probes = self.names, self.probes
+        done = len(names) - len(active)
+        if active:
+            needed = {i: stats[names[i]].probes_needed(probes.tol, probes.max_probes) for i in active}
+            rounds_left = max(((needed[i] - stats[names[i]].n) / self.block for i in active), default=0)
+            recent = sum(self.round_seconds[-3:]) / len(self.round_seconds[-3:])
+            eta = max(rounds_left, 0) * recent
+            worst = max(active, key=lambda i: stats[names[i]].rel_error)
+            msg = (f"{done}/{len(names)} layers converged; {names[worst]}: {stats[names[worst]].n} probes, "
+                   f"rel. error {stats[names[worst]].rel_error:.1%}; {hvps} HVPs; ~{eta:.0f}s left")
+        else:
+            msg = f"{done}/{len(names)} layers converged; {hvps} HVPs"
+        self._emit(stats, active, 0.0, msg)
+
+    def _emit(self, stats: dict[str, RunningMean], active: list[int], extra: float, msg: str) -> None:
+        """`extra`: probes the running round has added to each active layer so far."""
+        names, probes = self.names, self.probes
+        needed = {i: stats[names[i]].probes_needed(probes.tol, probes.max_probes) for i in active}
+        frac = sum(1.0 if i not in needed else min(1.0, (stats[n].n + extra) / needed[i])
+                   for i, n in enumerate(names)) / len(names)
+        self.best = max(self.best, frac)
+        self.progress(self.best, msg)
 
 
 def _rowdots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
