@@ -22,6 +22,7 @@ from sensitivity.methods import get_method
 from sensitivity.models import load_bundle
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
+from sensitivity.shards import LocalShards, ShardExecutor
 from sensitivity.sources import DataSource, ModelSource
 from solver import Allocation, Problem, bisect_quality, pareto, solve
 from workers.accounting import totals
@@ -60,11 +61,15 @@ FRONTIER_ORDER = ("avg_bits", "size_bytes", "bops", "latency_ms")
 def run_job(spec: JobSpec, progress: Progress = no_progress,
             artifact_dir: str | os.PathLike | None = None, *,
             model_source: ModelSource | None = None,
-            data_source: DataSource | None = None) -> JobResult:
+            data_source: DataSource | None = None,
+            shards: ShardExecutor | None = None) -> JobResult:
     """Run the job; with `artifact_dir`, also write the packed model there.
 
     `model_source` / `data_source`: the uploaded model (then `spec.model` is its
-    name) and calibration data, when the job names uploads."""
+    name) and calibration data, when the job names uploads. `shards`: where the
+    sensitivity stage's probe shards run (`sensitivity.shards`; in this process by
+    default); the result's `sensitivity` says how many ran and on how many workers."""
+    shards = shards if shards is not None else LocalShards()
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     weights: QuantizedWeights | None = None  # the job's quantized weights, once the layers are known
@@ -118,7 +123,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     stage("sensitivity")
     try:
         table = compute_table(spec.method, bundle, layers, candidate_choices(spec), scheme,
-                              method_params(spec), progress, weights=weights)
+                              method_params(spec), progress, weights=weights, shards=shards)
     except CalibrationError as exc:  # the calibration data cannot support GPTQ / AdaQuant
         raise JobError(str(exc)) from None
     except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
@@ -180,6 +185,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         uniform_activation_points=act_uniform,
         quality_search=search,
         sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta,
+                     **_shard_report(shards, table),
                      **({"quantizer": weights.meta()} if scheme.calibrated else {})},
         timings={},
     )
@@ -190,6 +196,14 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     result.timings.update(timings)
     result.peak_rss_mb.update(peak_rss)
     return result
+
+
+def _shard_report(shards: ShardExecutor, table) -> dict:
+    """How many workers computed the table (its shards' workers; the job's own for a
+    method without shards; none for a cached table) and how many shards ran."""
+    summary = shards.summary()
+    workers = summary["workers"] or int(table.meta.get("cache") != "hit")
+    return {"workers": workers, "shards": {**summary, "workers": workers}}
 
 
 def method_params(spec: JobSpec) -> dict:
