@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sensitivity.bundle import Batch
+from sensitivity.memory import release_freed_memory
 from sensitivity.streaming.store import SafetensorsStore
 
 MODEL_TYPES = ("llama", "qwen2", "mistral")  # embed_tokens, layers[i], norm, lm_head, rotary_emb
@@ -117,10 +118,12 @@ class StreamedCausalLM:
 
     def _load(self, module: nn.Module, prefix: str) -> None:
         """Real fp32 tensors for every parameter of `module` (`prefix` + its name in the store)."""
-        for name, param in list(module.named_parameters()):
+        params = list(module.named_parameters())
+        values = self.store.read_many([prefix + name for name, _ in params], torch.float32)
+        for name, param in params:
             owner_name, _, leaf = name.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
-            value = self.store.read(prefix + name, torch.float32)
+            value = values.pop(prefix + name)
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(f"{prefix + name}: stored {tuple(value.shape)}, the config "
                                  f"builds {tuple(param.shape)}")
@@ -145,6 +148,7 @@ class StreamedCausalLM:
                         module._parameters[leaf] = nn.Parameter(
                             torch.empty_like(param, device="meta"), requires_grad=False)
             self._resident.discard(i)
+            release_freed_memory()  # its heap pages, so the next block does not land beside them
 
     @contextlib.contextmanager
     def block(self, i: int, keep: bool = False) -> Iterator[nn.Module]:

@@ -2,14 +2,18 @@
 
 A folder holds `model.safetensors`, or shards named by `model.safetensors.index.json`
 (its `weight_map`: tensor name -> shard file). Nothing is read until a tensor is
-asked for; `safe_open` maps the file and copies out only that tensor, so resident
-memory is the tensors the caller keeps.
+asked for. `safe_open` maps the file, and the pages a read touches count in the
+process's resident set for as long as the mapping is open: a handle kept open
+over a whole pass would end it holding the whole file. So every read opens the
+file and closes it again (a header parse, microseconds to milliseconds), and the
+caller's tensors are the only memory that stays.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -34,7 +38,6 @@ class SafetensorsStore:
         else:
             raise ValueError(f"{self.folder}: no {SINGLE} and no {INDEX}: block streaming reads "
                              "safetensors weights only")
-        self._open: dict[Path, object] = {}
 
     def names(self) -> list[str]:
         return list(self._file)
@@ -42,27 +45,45 @@ class SafetensorsStore:
     def __contains__(self, name: str) -> bool:
         return name in self._file
 
-    def _handle(self, name: str):
+    def _path(self, name: str) -> Path:
         if name not in self._file:
             raise KeyError(f"{self.folder}: the safetensors weights hold no tensor {name!r}")
-        path = self._file[name]
-        if path not in self._open:
-            self._open[path] = safe_open(str(path), "pt")
-        return self._open[path]
+        return self._file[name]
+
+    def read_many(self, names: Iterable[str], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """The named tensors (converted to `dtype` when given), each file opened once and
+        closed before returning."""
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._path(name), []).append(name)
+        out = {}
+        for path, group in by_file.items():
+            with safe_open(str(path), "pt") as f:
+                for name in group:
+                    t = f.get_tensor(name)
+                    # a fresh tensor: the file's tensor is backed by the mapping closed next
+                    out[name] = t.to(dtype, copy=True) if dtype is not None else t.clone()
+        return out
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The tensor `name`, converted to `dtype` when given (a fresh tensor either way)."""
-        t = self._handle(name).get_tensor(name)
-        return t if dtype is None or t.dtype == dtype else t.to(dtype)
+        """The tensor `name`, converted to `dtype` when given."""
+        return self.read_many([name], dtype)[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        with safe_open(str(self._path(name)), "pt") as f:
+            return tuple(f.get_slice(name).get_shape())
 
-    def numel(self, names=None) -> int:
-        total = 0
+    def numel(self, names: Iterable[str] | None = None) -> int:
+        """The number of values in the named tensors (all by default), from the headers."""
+        by_file: dict[Path, list[str]] = {}
         for name in self._file if names is None else names:
-            n = 1
-            for d in self.shape(name):
-                n *= d
-            total += n
+            by_file.setdefault(self._path(name), []).append(name)
+        total = 0
+        for path, group in by_file.items():
+            with safe_open(str(path), "pt") as f:
+                for name in group:
+                    n = 1
+                    for d in f.get_slice(name).get_shape():
+                        n *= d
+                    total += n
         return total
