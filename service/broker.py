@@ -11,6 +11,7 @@ from kombu.transport import redis as kombu_redis
 from service.config import Settings
 
 RUN_JOB = "bitalloc.run_job"
+RUN_SHARD = "bitalloc.run_shard"  # take shards of a job (service.worker.shards)
 
 
 class _RedisChannel(kombu_redis.Channel):
@@ -89,6 +90,13 @@ def make_celery(settings: Settings, include: list[str] | None = None) -> Celery:
 
 def send_job(app: Celery, settings: Settings, job_id: str, task_id: str) -> None:
     app.send_task(RUN_JOB, args=[job_id], task_id=task_id, queue=settings.queue)
+
+
+def send_shards(app: Celery, settings: Settings, job_id: str, count: int) -> None:
+    """`count` messages that each have a worker take shards of the job, if any are left."""
+    for _ in range(count):
+        app.send_task(RUN_SHARD, args=[job_id], queue=settings.shard_queue_name,
+                      expires=settings.shard_message_ttl_s)
 
 
 def revoke(app: Celery, task_id: str) -> None:

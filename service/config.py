@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(15.0, gt=0)
     requeue_queued_after_s: float = Field(3600.0, gt=0)
 
+    # one job, many workers (service.worker.shards): the sensitivity stage's probe shards
+    # go out through the broker and every worker may take them. "auto": on with Redis
+    # (workers may be on other machines), off with the filesystem broker (one machine).
+    shards: Literal["auto", "on", "off"] = "auto"
+    # the queue shard tasks are sent to (default "<queue>.shards"); `bitalloc worker`
+    # takes both unless told otherwise (--queues, --shards-only)
+    shard_queue: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9_.-]*$")
+    shard_poll_s: float = Field(0.2, gt=0, le=10)  # how often a job looks at its round's shards
+    # a shard message not taken within this is dropped by the worker that gets it (the
+    # job's own worker runs every shard nobody took, so nothing waits on it)
+    shard_message_ttl_s: float = Field(600.0, gt=0)
+
     # abuse limits: requests per second per API key (0: off), jobs queued or running
     # per tenant (0: no cap), JSON request bodies (uploads have their own limit)
     rate_limit_per_s: float = Field(50.0, ge=0)
@@ -92,6 +104,15 @@ class Settings(BaseSettings):
             if url.startswith(prefix):
                 return "postgresql+psycopg://" + url[len(prefix):]
         return url
+
+    @property
+    def shard_queue_name(self) -> str:
+        return self.shard_queue or f"{self.queue}.shards"
+
+    @property
+    def sharding(self) -> bool:
+        """Whether jobs send their shards to other workers."""
+        return self.shards == "on" or (self.shards == "auto" and bool(self.redis_url))
 
     @property
     def broker_url(self) -> str:

@@ -24,6 +24,7 @@ from service.db.models import (
     ApiKey,
     Dataset,
     Job,
+    JobShard,
     SensitivityCacheEntry,
     StoredModel,
     Tenant,
@@ -443,6 +444,124 @@ def reap(session: Session, *, heartbeat_timeout_s: float, requeue_queued_after_s
             to_send.append((job.id, task_id))
     session.commit()
     return to_send
+
+
+# --- shards of a job's sensitivity stage (service.worker.shards) ----------------------
+
+
+def plan_shards(session: Session, job_id: uuid.UUID, shards: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Make sure a row exists for each (key, payload); a done shard stays done (a job's
+    second attempt reuses it), one stored with another payload starts over."""
+    keys = [key for key, _ in shards]
+    existing = {row.key: row for row in session.scalars(
+        select(JobShard).where(JobShard.job_id == job_id, JobShard.key.in_(keys)))}
+    for key, payload in shards:
+        row = existing.get(key)
+        if row is None:
+            session.add(JobShard(job_id=job_id, key=key, payload=payload))
+        elif row.payload != payload:
+            row.payload, row.status, row.result, row.error, row.attempts = payload, "pending", None, None, 0
+    try:
+        session.commit()
+    except IntegrityError:  # planned at the same time by another delivery: theirs stand
+        session.rollback()
+
+
+@dataclass(frozen=True)
+class ShardClaim:
+    id: uuid.UUID
+    key: str
+    payload: dict[str, Any]
+    token: str
+
+
+def _claimable(job_id: uuid.UUID, stale_before: datetime, max_attempts: int) -> list:
+    """A shard anyone may take: pending, or its claimant silent; its job running."""
+    live = select(Job.id).where(Job.id == job_id, Job.status == "running", Job.cancel_requested.is_(False))
+    return [JobShard.job_id == job_id, JobShard.job_id.in_(live), JobShard.attempts < max_attempts,
+            or_(JobShard.status == "pending",
+                and_(JobShard.status == "running",
+                     or_(JobShard.heartbeat_at.is_(None), JobShard.heartbeat_at < stale_before)))]
+
+
+def claim_shard(session: Session, job_id: uuid.UUID, worker: str, stale_before: datetime,
+                max_attempts: int, keys: Sequence[str] | None = None) -> ShardClaim | None:
+    """Take one shard of a running, not cancelled job (of `keys`, when given): a pending
+    one, or one whose claimant stopped heartbeating; None when none is left to take."""
+    where = _claimable(job_id, stale_before, max_attempts)
+    if keys is not None:
+        where.append(JobShard.key.in_(list(keys)))
+    candidates = session.execute(select(JobShard.id, JobShard.status, JobShard.attempts).where(*where)
+                                 .order_by(JobShard.created_at, JobShard.key).limit(8)).all()
+    for ident, status, attempts in candidates:
+        token = uuid.uuid4().hex
+        taken = session.execute(update(JobShard).where(  # only if nobody took it meanwhile
+            JobShard.id == ident, JobShard.status == status, JobShard.attempts == attempts,
+        ).values(status="running", attempts=attempts + 1, claimed_by=worker[:200], claim_token=token,
+                 heartbeat_at=utcnow()))
+        session.commit()
+        if taken.rowcount == 1:
+            row = session.get(JobShard, ident, populate_existing=True)
+            return ShardClaim(ident, row.key, row.payload, token)
+    return None
+
+
+def peek_shard(session: Session, job_id: uuid.UUID, stale_before: datetime,
+               max_attempts: int) -> dict[str, Any] | None:
+    """The payload of a shard `claim_shard` would take now, without taking it (a worker
+    loads the job's model before it claims), or None."""
+    where = _claimable(job_id, stale_before, max_attempts)
+    return session.scalar(select(JobShard.payload).where(*where)
+                          .order_by(JobShard.created_at, JobShard.key).limit(1))
+
+
+def shard_heartbeat(session: Session, shard_id: uuid.UUID, token: str) -> bool:
+    """Keep a claim alive; False once another worker has taken the shard over."""
+    result = session.execute(update(JobShard).where(
+        JobShard.id == shard_id, JobShard.claim_token == token, JobShard.status == "running",
+    ).values(heartbeat_at=utcnow()))
+    session.commit()
+    return result.rowcount == 1
+
+
+def complete_shard(session: Session, shard_id: uuid.UUID, worker: str, result: dict[str, Any],
+                   seconds: float) -> bool:
+    """Store a shard's result; the first to finish it wins (every claimant computes the
+    same numbers), later ones change nothing."""
+    done = session.execute(update(JobShard).where(JobShard.id == shard_id, JobShard.status != "done").values(
+        status="done", result=result, claimed_by=worker[:200], seconds=seconds, error=None,
+        finished_at=utcnow()))
+    session.commit()
+    return done.rowcount == 1
+
+
+def fail_shard(session: Session, shard_id: uuid.UUID, token: str, error: str) -> None:
+    """Give the shard back with the error; it is tried again until its attempts run out."""
+    session.execute(update(JobShard).where(
+        JobShard.id == shard_id, JobShard.claim_token == token, JobShard.status == "running",
+    ).values(status="pending", error=error[:2000], heartbeat_at=None))
+    session.commit()
+
+
+@dataclass(frozen=True)
+class ShardState:
+    status: str
+    attempts: int
+    error: str | None
+    claimed_by: str | None
+    heartbeat_at: datetime | None
+    result: dict[str, Any] | None
+
+
+def shard_states(session: Session, job_id: uuid.UUID, keys: Sequence[str], *,
+                 with_results: bool = False) -> dict[str, ShardState]:
+    """The named shards' states (and results, when asked: they can be large)."""
+    columns = [JobShard.key, JobShard.status, JobShard.attempts, JobShard.error, JobShard.claimed_by,
+               JobShard.heartbeat_at]
+    if with_results:
+        columns.append(JobShard.result)
+    rows = session.execute(select(*columns).where(JobShard.job_id == job_id, JobShard.key.in_(list(keys))))
+    return {r[0]: ShardState(*r[1:6], r[6] if with_results else None) for r in rows}
 
 
 def record_sensitivity(session: Session, *, key: str, model: str, method: str,

@@ -41,10 +41,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     upgrade(settings.db_url)
     from service.worker.celery_app import app  # the task loads the pipeline when a job runs
 
-    app.worker_main(["worker", f"--loglevel={args.loglevel}", "-Q", settings.queue,
+    app.worker_main(["worker", f"--loglevel={args.loglevel}", "-Q", ",".join(worker_queues(args, settings)),
                      f"--concurrency={settings.worker_concurrency}", "-n", "bitalloc@%h",
                      "--without-gossip", "--without-mingle"])
     return exit_codes.OK
+
+
+def worker_queues(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The queues a worker takes: jobs and shards by default; only shards
+    (--shards-only), or the named ones (--queues: e.g. a `gpu` queue of its own)."""
+    if getattr(args, "shards_only", False):
+        if getattr(args, "queues", None):
+            raise SystemExit("bitalloc worker: --shards-only and --queues exclude each other")
+        return [settings.shard_queue_name]
+    if getattr(args, "queues", None):
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        bad = [q for q in queues if not q.replace("-", "").replace("_", "").replace(".", "").isalnum()]
+        if not queues or bad:
+            raise SystemExit(f"bitalloc worker: --queues takes comma-separated queue names "
+                             f"(letters, digits, '.', '-', '_'), got {args.queues!r}")
+        return queues
+    return [settings.queue, settings.shard_queue_name]
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -91,6 +108,10 @@ def add_admin_commands(sub) -> None:
     p.add_argument("--data")
     p.add_argument("--concurrency", type=int, help="jobs at once (default 1)")
     p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--queues", help="comma-separated queues to take (default: the job queue "
+                                    "$BITALLOC_QUEUE and its shard queue $BITALLOC_SHARD_QUEUE)")
+    p.add_argument("--shards-only", action="store_true",
+                   help="take only shards of other workers' jobs (the shard queue)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("keys", help="create, list or revoke API keys")

@@ -165,3 +165,29 @@ class SensitivityCacheEntry(Base):
     first_job_id: Mapped[uuid.UUID | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobShard(Base):
+    """One shard of a job's sensitivity stage (`sensitivity.shards`): planned by the
+    job's worker, claimed and computed by any worker (the job's own included), its
+    result kept so a lost worker costs only the shard it held."""
+
+    __tablename__ = "job_shards"
+    __table_args__ = (
+        UniqueConstraint("job_id", "key"),
+        Index("ix_job_shards_job_status", "job_id", "status"),
+    )
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(100))  # computation/round/batch/chunk
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | running | done
+    attempts: Mapped[int] = mapped_column(default=0)  # claims so far
+    claimed_by: Mapped[str | None] = mapped_column(String(200))  # the claimant, then who finished it
+    claim_token: Mapped[str | None] = mapped_column(String(64))  # fences the claimant's heartbeats
+    heartbeat_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

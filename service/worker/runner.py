@@ -26,8 +26,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sensitivity.sources import DataSource, ModelSource
 from service import crud, storage
 from service.config import Settings
-from service.db.models import Dataset, Job, StoredModel, utcnow
+from service.db.models import Job, utcnow
 from service.db.session import session_factory
+from service.worker.sources import job_sources
 from workers.spec import JobSpec
 from workers.stages import overall_progress
 
@@ -45,10 +46,6 @@ class JobCancelled(Exception):
 
 class JobLost(Exception):
     """This worker no longer holds the job (it was reaped or taken over)."""
-
-
-class NotRunnable(ValueError):
-    """A job this worker cannot run, with the reason for the user."""
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -128,12 +125,21 @@ class Heartbeat(threading.Thread):
                 log.warning("job %s: heartbeat failed", w.job_id, exc_info=True)
 
 
+def worker_name(hostname: str | None) -> str:
+    """How a worker process is named on the rows it claims: host/pid."""
+    return f"{hostname or socket.gethostname()}/{os.getpid()}"
+
+
 class JobRunner:
-    def __init__(self, settings: Settings, job_id: str, task_id: str, hostname: str | None):
+    def __init__(self, settings: Settings, job_id: str, task_id: str, hostname: str | None,
+                 app=None):
+        """`app`: the Celery app that sends the job's shards to other workers (when
+        `settings.sharding`); without one the job computes them all itself."""
         self.settings = settings
         self.job_id = uuid.UUID(job_id)
         self.task_id = task_id
-        self.worker = f"{hostname or socket.gethostname()}/{os.getpid()}"
+        self.worker = worker_name(hostname)
+        self.app = app
         self.sessions = session_factory(settings.db_url)
         self.attempt = 0
 
@@ -194,41 +200,16 @@ class JobRunner:
         writer.check()
         folder = storage.job_dir(self.settings, self.job_id) / "artifact"
         folder.mkdir(parents=True, exist_ok=True)
-        return run_job(spec, writer, artifact_dir=folder, model_source=model, data_source=data)
+        shards = None
+        if self.settings.sharding and self.app is not None:
+            from service.worker.shards import DistributedShards
+
+            shards = DistributedShards(self.settings, self.sessions, self.app, self.job_id, self.worker)
+        return run_job(spec, writer, artifact_dir=folder, model_source=model, data_source=data,
+                       shards=shards)
 
     def _uploads(self, job: Job, spec: JobSpec) -> tuple[ModelSource | None, DataSource | None]:
-        """The job's uploaded model and dataset as files on disk (torch-free, so a
-        missing upload fails the job before the pipeline is loaded)."""
-        with self.sessions() as session:
-            model = crud.load_upload(session, StoredModel, job.model_id)
-            dataset = crud.load_upload(session, Dataset, job.dataset_id)
-            model_source = None if model is None else self._model_source(model)
-            data_source = None if dataset is None else self._data_source(dataset)
-        if job.model_id is not None and model is None:
-            raise NotRunnable(f"model {spec.model!r} was deleted after the job was submitted")
-        if job.dataset_id is not None and dataset is None:
-            raise NotRunnable("the job's calibration dataset was deleted after it was submitted")
-        return model_source, data_source
-
-    def _model_source(self, model: StoredModel) -> ModelSource:
-        folder = storage.absolute(self.settings, model.path)
-        if model.kind == "hf":
-            path = folder / (model.manifest or {}).get("root", "")
-            if not (path / "config.json").is_file():
-                raise NotRunnable(f"model {model.name!r}: its stored files are missing "
-                                  f"({storage.relative(self.settings, path)}/config.json)")
-        else:
-            path = folder / ("model.gguf" if model.kind == "gguf" else "model.safetensors")
-            if not path.is_file():
-                raise NotRunnable(f"model {model.name!r}: its stored weights are missing")
-        return ModelSource(name=model.name, kind=model.kind, architecture=model.architecture,
-                           path=path)
-
-    def _data_source(self, dataset: Dataset) -> DataSource:
-        path = storage.absolute(self.settings, dataset.path)
-        if not path.is_file():
-            raise NotRunnable(f"dataset {dataset.name!r}: its stored file is missing")
-        return DataSource(name=dataset.name, format=dataset.format, path=path)
+        return job_sources(self.settings, self.sessions, job, spec)
 
     def _end(self, status: str, message: str, error: str | None, started: float, *,
              result: dict[str, Any] | None = None, timings: dict[str, Any] | None = None,

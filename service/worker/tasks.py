@@ -1,6 +1,9 @@
-"""The one task: run a job by id. It re-reads the row, is safe to deliver
-twice (a claim fences every write), retries with backoff only on transient
-database or broker failures, and records every other failure on the job."""
+"""The tasks: run a job by id, and take shards of a job's sensitivity stage.
+`run_job` re-reads the row, is safe to deliver twice (a claim fences every write),
+retries with backoff only on transient database or broker failures, and records
+every other failure on the job. `run_shard` claims shards of a running job until
+none is left (service.worker.shards); a message for a job with nothing left to
+take costs one query."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import logging
 import random
 
 from service import crud
-from service.broker import RUN_JOB
+from service.broker import RUN_JOB, RUN_SHARD
+from service.db.session import session_factory
 from service.worker.celery_app import app, settings
-from service.worker.runner import TRANSIENT, Busy, JobRunner
+from service.worker.runner import TRANSIENT, Busy, JobRunner, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +26,7 @@ def backoff_s(retries: int) -> float:
 
 @app.task(name=RUN_JOB, bind=True, max_retries=settings.max_transient_retries)
 def run_job(self, job_id: str) -> str:
-    runner = JobRunner(settings, job_id, self.request.id, self.request.hostname)
+    runner = JobRunner(settings, job_id, self.request.id, self.request.hostname, app)
     try:
         return runner.run()
     except Busy:
@@ -36,6 +40,18 @@ def run_job(self, job_id: str) -> str:
                     self.request.retries + 1, self.max_retries)
         _release(runner, f"retrying after a transient failure: {exc}")
         raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from None
+
+
+@app.task(name=RUN_SHARD, bind=True, max_retries=settings.max_transient_retries)
+def run_shard(self, job_id: str) -> str:
+    from service.worker.shards import take_shards  # loads torch, as a job does
+
+    try:
+        ran = take_shards(settings, session_factory(settings.db_url), job_id,
+                          worker_name(self.request.hostname))
+    except TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=backoff_s(self.request.retries)) from None
+    return f"{ran} shards"
 
 
 def _release(runner: JobRunner, message: str) -> None:

@@ -105,10 +105,11 @@ def serve(tmp: Path, env: dict[str, str], *args: str, startup_s: float = 90):
 
 
 @contextmanager
-def worker(tmp: Path, env: dict[str, str]):
-    log = tmp / "worker.log"
+def worker(tmp: Path, env: dict[str, str], *args: str, name: str = "worker"):
+    """`bitalloc worker *args`, logging to tmp/<name>.log."""
+    log = tmp / f"{name}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([*BITALLOC, "worker"], env={**os.environ, **env}, stdout=out,
+        proc = subprocess.Popen([*BITALLOC, "worker", *args], env={**os.environ, **env}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         yield proc
