@@ -26,7 +26,7 @@ from sensitivity.stats import RunningMean
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD, StreamedOutputGraph
 from sensitivity.streaming.hidden import HiddenStates
 from sensitivity.streaming.skeleton import StreamedCausalLM
-from sensitivity.table import Choice
+from sensitivity.table import Choice, SensitivityTable
 
 
 @dataclass
@@ -118,3 +118,28 @@ def streamed_fisher_omega(traces: StreamedTraces, errors: dict[str, dict[Choice,
     """Ω_l(b) = ½ · (Tr(G_ll)/n_l) · ‖ΔW_l(b)‖² (`sensitivity.omega.second_order_omega`)."""
     per_weight = {n: s.mean / sizes[n] for n, s in traces.stats.items()}
     return second_order_omega(per_weight, errors)
+
+
+def streamed_fisher_table(lm: StreamedCausalLM, batches: Sequence[Batch], output_loss: OutputLoss,
+                          names: Sequence[str], choices: Sequence[Choice], scheme: QuantScheme, *,
+                          probes: int, block: int = 8, seed: int = 0, hidden_budget: int | None = None,
+                          progress: Callable[[float, str], None] = lambda f, m: None) -> SensitivityTable:
+    """The `fisher` table (RTN errors) of the streamed model, in the format of
+    `sensitivity.estimators.traces.trace_table`."""
+    if scheme.calibrated:
+        raise ValueError("the streamed fisher table takes round-to-nearest errors; "
+                         f"{scheme.algorithm} needs the per-layer Hessians of the whole-model path")
+    start = time.perf_counter()
+    traces = streamed_fisher_traces(lm, batches, output_loss, names, probes=probes, block=block, seed=seed,
+                                    hidden_budget=hidden_budget, progress=progress)
+    errors = streamed_errors(lm, names, scheme, choices)
+    return SensitivityTable(
+        method="fisher",
+        omega=streamed_fisher_omega(traces, errors, layer_sizes(lm, names)),
+        layer_stats={n: {"trace": s.mean, "trace_se": s.stderr, "rel_error": s.rel_error, "probes": s.n}
+                     for n, s in traces.stats.items()},
+        meta={"params": {"probes": probes, "block": block, "seed": seed}, "engine": "gn",
+              "streamed": True, "backward_passes": traces.backward_passes,
+              "trace_seconds": traces.seconds,
+              "max_rel_error": max((s.rel_error for s in traces.stats.values()), default=0.0),
+              "seconds": time.perf_counter() - start})

@@ -13,16 +13,20 @@ their hidden states are kept in the same budgeted store.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fake_quant import fake_quantize_weight
+from kernels.scheme import QuantScheme
 from sensitivity.bundle import Batch, OutputLoss
 from sensitivity.measure import replaced_weights
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD
 from sensitivity.streaming.hidden import HiddenStates
 from sensitivity.streaming.skeleton import StreamedCausalLM
+from sensitivity.table import Choice
 
 # a variant: a layer name and what its weight becomes, from its (materialized) module
 Variant = tuple[str, Callable[[nn.Module], torch.Tensor]]
@@ -124,3 +128,27 @@ class StreamedLosses:
 def _local(name: str, block: int) -> str:
     """A block layer's module name inside its block."""
     return name.split(".", 3)[3]
+
+
+def streamed_empirical_omega(losses: StreamedLosses, names: Sequence[str], choices: Sequence[Choice],
+                             scheme: QuantScheme,
+                             progress: Callable[[float, str], None] = lambda f, m: None
+                             ) -> dict[str, dict[Choice, float]]:
+    """`empirical`'s Ω_l(b) = L(only layer l at b) − L(full precision) under
+    round-to-nearest, the layers of one block measured together."""
+    groups: dict[int, list[str]] = {}
+    for n in names:
+        groups.setdefault(losses._start(n), []).append(n)
+    omega: dict[str, dict[Choice, float]] = {n: {} for n in names}
+    for k, (start, members) in enumerate(sorted(groups.items())):
+        variants = [(n, partial(_rtn, config=scheme.for_choice(c))) for n in members for c in choices]
+        values = iter(losses.losses(variants))
+        for n in members:
+            for c in choices:
+                omega[n][c] = next(values) - losses.base
+        progress((k + 1) / len(groups), f"streamed empirical: {', '.join(members)} measured")
+    return omega
+
+
+def _rtn(module: nn.Module, config) -> torch.Tensor:
+    return fake_quantize_weight(module, config)

@@ -47,3 +47,22 @@ def test_streamed_losses_equal_the_whole_model(tied, tmp_path):
         assert got == pytest.approx(want, rel=1e-6), (start, members)
         assert all(w != base for w in want)  # each quantized layer moves the loss
     assert all(p.is_meta for p in lm.blocks.parameters())
+
+
+def test_streamed_empirical_omega_equals_the_estimator(tmp_path):
+    from sensitivity.engine import compute_table
+    from sensitivity.streaming.measure import streamed_empirical_omega
+
+    folder = llm_models.save_folder(llm_models.qwen2(), tmp_path / "model", with_tokenizer=False)
+    whole, _ = load_hf_causal_lm(folder)
+    bundle = llm_models.bundle(whole)
+    layers = [layer for layer in discover_layers(bundle) if layer.used]
+    choices = [(3, 16), (16, 16)]
+    scheme = QuantScheme(group_size=16)
+    want = compute_table("empirical", bundle, layers, choices, scheme, {}, use_cache=False).omega
+    lm = StreamedCausalLM(folder)
+    got = streamed_empirical_omega(StreamedLosses(lm, bundle.calibration, bundle.output_loss),
+                                   [layer.name for layer in layers], choices, scheme)
+    for layer in layers:
+        for c in choices:
+            assert got[layer.name][c] == pytest.approx(want[layer.name][c], rel=1e-5, abs=1e-9), (layer.name, c)
