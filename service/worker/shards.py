@@ -6,12 +6,12 @@ round's shards as rows (`job_shards`), sends one `bitalloc.run_shard` message pe
 shard but the one it starts on to the shard queue, and then claims and computes
 shards itself like any other worker, so a job never waits on a worker that is not
 there. Another worker that gets a message (`take_shards`) loads the job's model once
-per process (kept for the job's next rounds), claims shards of the job until none is
-left, heartbeats the one it holds, and stores each result. A shard whose claimant
-stops heartbeating is claimed again by whoever looks next — the job's worker does
-while it waits — so a killed worker costs the shard it held. Results are read back
-in the plan's order and merged by the pipeline as if computed here. Imported only by
-the task bodies (it loads torch)."""
+per process (kept for the job's next rounds and for later jobs on the same model and
+data), claims shards of the job until none is left, heartbeats the one it holds, and
+stores each result. A shard whose claimant stops heartbeating is claimed again by
+whoever looks next — the job's worker does while it waits — so a killed worker costs
+the shard it held. Results are read back in the plan's order and merged by the
+pipeline as if computed here. Imported only by the task bodies (it loads torch)."""
 
 from __future__ import annotations
 
@@ -141,17 +141,23 @@ class DistributedShards(ShardExecutor):
 
 # --- another worker's side --------------------------------------------------------------
 
-_loaded: dict[str, object] = {}  # the job whose model this process holds, and its runners
+_loaded: dict[str, object] = {}  # the model this process holds for shards, and its runners
 
 
 def _runner(settings: Settings, sessions, job_id: uuid.UUID, payload: dict):
-    """This process's runner for the job's shards with this payload's layers and engine:
-    the job's model is loaded once per process (the last job's is dropped)."""
+    """This process's runner for the job's shards with this payload's layers and engine.
+    The model is loaded once per process and kept for the next jobs on the same model
+    and data (a built-in name, or the same uploads); another model replaces it."""
     from sensitivity.estimators.hutchinson import shard_runner
 
-    if _loaded.get("job") != job_id:
+    with sessions() as session:
+        job = crud.load_job(session, job_id)
+    if job is None:
+        raise ValueError(f"job {job_id} is gone")
+    model = (job.spec.get("model"), job.model_id, job.dataset_id)
+    if _loaded.get("model") != model:
         _loaded.clear()
-        _loaded.update(job=job_id, bundle=_load_bundle(settings, sessions, job_id), runners={})
+        _loaded.update(model=model, bundle=_load_bundle(settings, sessions, job), runners={})
     runners = _loaded["runners"]
     key = (tuple(payload["names"]), payload["engine"])
     if key not in runners:
@@ -159,20 +165,16 @@ def _runner(settings: Settings, sessions, job_id: uuid.UUID, payload: dict):
     return runners[key]
 
 
-def _load_bundle(settings: Settings, sessions, job_id: uuid.UUID):
+def _load_bundle(settings: Settings, sessions, job):
     from sensitivity.models import load_bundle
     from service.worker.sources import job_sources
     from workers.spec import JobSpec
 
-    with sessions() as session:
-        job = crud.load_job(session, job_id)
-    if job is None:
-        raise ValueError(f"job {job_id} is gone")
     spec = JobSpec.model_validate(job.spec)
     model, data = job_sources(settings, sessions, job, spec)
     started = time.perf_counter()
     bundle = load_bundle(spec.model, model, data)
-    log.info("job %s: model %s loaded for its shards in %.1f s", job_id, spec.model,
+    log.info("job %s: model %s loaded for its shards in %.1f s", job.id, spec.model,
              time.perf_counter() - started)
     return bundle
 
