@@ -132,7 +132,8 @@ def batches_of(args, count: int):
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     ids = torch.randint(0, args.vocab, (count, args.tokens), generator=gen)
-    return [{"input_ids": ids[i:i + 1], "attention_mask": torch.ones_like(ids[i:i + 1])} for i in range(count)]
+    return [{"input_ids": ids[i:i + 1], "attention_mask": torch.ones_like(ids[i:i + 1])}
+            for i in range(count)]
 
 
 # --- the stages (each in its own subprocess) ------------------------------------------
@@ -142,8 +143,12 @@ def stage_streamed_fisher(args, folder: Path, parts: Parts) -> dict:
     from kernels.scheme import QuantScheme
     from sensitivity.layers import quantizable_modules
     from sensitivity.output_loss import TokenDistillationKLOutput
-    from sensitivity.streaming.fisher import (layer_sizes, streamed_errors, streamed_fisher_omega,
-                                              streamed_fisher_traces)
+    from sensitivity.streaming.fisher import (
+        layer_sizes,
+        streamed_errors,
+        streamed_fisher_omega,
+        streamed_fisher_traces,
+    )
     from sensitivity.streaming.measure import distillation_targets
     from sensitivity.streaming.skeleton import StreamedCausalLM
 
@@ -295,11 +300,10 @@ STAGE_FUNCTIONS = {"streamed-fisher": stage_streamed_fisher, "whole-fisher": sta
 def run_stage(args) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
     import sensitivity.models.hf  # noqa: F401  (USE_HUB_KERNELS before transformers)
-    import transformers  # noqa: F401
-
     from sensitivity.streaming.budget import max_memory, plan
+
+    torch.set_num_threads(args.threads)
 
     limit = max_memory()  # BITALLOC_MAX_MEMORY, enforced: allocations past it fail
     if limit is not None:
@@ -310,7 +314,8 @@ def run_stage(args) -> None:
     base = _rss_mb()
     start = time.perf_counter()
     result = STAGE_FUNCTIONS[args.stage](args, Path(args.folder), parts)
-    result.update(stage=args.stage, seconds=round(time.perf_counter() - start, 1), baseline_rss_mb=round(base, 1),
+    result.update(stage=args.stage, seconds=round(time.perf_counter() - start, 1),
+                  baseline_rss_mb=round(base, 1),
                   peak_rss_mb=round(_peak_mb(), 1), parts=parts.rows,
                   budget_mb=None if limit is None else round(limit / 2**20, 1),
                   plan=args.plan.describe() if getattr(args, "plan", None) else None)
@@ -374,18 +379,20 @@ def main() -> None:
         t0 = time.perf_counter()
         written = write_model(args, folder)
         written.update(seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=round(_peak_mb(), 1))
-        print(f"wrote {written['parameters'] / 1e9:.3f}B parameters ({written['bf16_bytes'] / 2**20:,.0f} MiB "
-              f"bf16) to {folder} in {written['seconds']} s (writer peak RSS {written['peak_rss_mb']:,.0f} MB)",
-              flush=True)
+        print(f"wrote {written['parameters'] / 1e9:.3f}B parameters "
+              f"({written['bf16_bytes'] / 2**20:,.0f} MiB bf16) to {folder} in {written['seconds']} s "
+              f"(writer peak RSS {written['peak_rss_mb']:,.0f} MiB)", flush=True)
     bf16_mb = written["bf16_bytes"] / 2**20
     results = {}
     if args.merge and Path(args.out).is_file():  # the stages not rerun keep their earlier results
         results = json.loads(Path(args.out).read_text())["results"]
     for stage in args.stages.split(","):
         result_file = Path(tempfile.mkstemp(suffix=".json")[1])
-        cmd = [sys.executable, __file__, "--stage", stage, "--result", str(result_file), "--folder", str(folder)]
+        cmd = [sys.executable, __file__, "--stage", stage, "--result", str(result_file),
+               "--folder", str(folder)]
         cmd += [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-                if k not in ("stage", "result", "folder", "stages", "out", "merge", "budget") and v is not None]
+                if k not in ("stage", "result", "folder", "stages", "out", "merge", "budget")
+                and v is not None]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         env.pop("BITALLOC_MAX_MEMORY", None)
         key = stage
@@ -405,11 +412,11 @@ def main() -> None:
         results[key] = json.loads(result_file.read_text())
         result_file.unlink()
         r = results[key]
-        print(f"{key}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:,.0f} MB = "
-              f"{r['peak_rss_mb'] / bf16_mb:.2f}x bf16 (baseline {r['baseline_rss_mb']:,.0f} MB); wall "
+        print(f"{key}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:,.0f} MiB = "
+              f"{r['peak_rss_mb'] / bf16_mb:.2f}x bf16 (baseline {r['baseline_rss_mb']:,.0f} MiB); wall "
               f"{time.perf_counter() - t0:.0f} s", flush=True)
         for part in r["parts"]:
-            print(f"    {part['part']:<48} {part['seconds']:>8.1f} s  peak {part['peak_rss_mb']:>9,.0f} MB")
+            print(f"    {part['part']:<48} {part['seconds']:>8.1f} s  peak {part['peak_rss_mb']:>9,.0f} MiB")
     checks = compare(results)
     print(json.dumps(checks, indent=1))
     out = {"model": {"config": config_of(args).to_dict(), **written, "bf16_mb": bf16_mb},

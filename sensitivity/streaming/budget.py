@@ -84,6 +84,7 @@ def plan(folder: str | os.PathLike, budget: int | None = None) -> StreamingPlan:
     stream = whole > budget
     if stream and streamed > budget:
         raise ValueError(f"{folder}: even block streamed this model needs ~{streamed / 2**20:,.0f} MiB "
-                         f"(the interpreter and libraries, embedding, head and one block in fp32), over {ENV}={budget / 2**20:,.0f} MiB")
+                         f"(the interpreter and libraries, embedding, head and one block in fp32), "
+                         f"over {ENV}={budget / 2**20:,.0f} MiB")
     hidden = max(budget - (streamed if stream else whole), 0)
     return StreamingPlan(stream, fp32, whole, streamed, hidden, budget)

@@ -75,7 +75,7 @@ class StreamedOutputGraph:
             if not mine and not need_input:
                 break
             x = self.inputs.get(i).detach().requires_grad_(True)
-            with lm.block(i, keep=self.keep_blocks) as block:
+            with lm.block(i, keep=self.keep_blocks):
                 modules = lm.block_names(i)
                 taps = {}
                 handles = [modules[n].register_forward_hook(partial(_tap, taps, n)) for n in mine]

@@ -54,7 +54,7 @@ def quantize_streamed(lm: StreamedCausalLM, batches: Sequence[Batch], names: Seq
                 modules = lm.block_names(i)
                 runs = [partial(_run_block, lm, i, hidden.get(b), call) for b, call in enumerate(calls)]
 
-                def commit(group: Mapping[str, LayerHessian]) -> None:
+                def commit(group: Mapping[str, LayerHessian], modules=modules) -> None:
                     for name, hessian in group.items():
                         quantize_layer(name, modules[name], hessian)
                         pending.discard(name)

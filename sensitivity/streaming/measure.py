@@ -140,7 +140,7 @@ def streamed_empirical_omega(losses: StreamedLosses, names: Sequence[str], choic
     for n in names:
         groups.setdefault(losses._start(n), []).append(n)
     omega: dict[str, dict[Choice, float]] = {n: {} for n in names}
-    for k, (start, members) in enumerate(sorted(groups.items())):
+    for k, (_, members) in enumerate(sorted(groups.items())):
         variants = [(n, partial(_rtn, config=scheme.for_choice(c))) for n in members for c in choices]
         values = iter(losses.losses(variants))
         for n in members:

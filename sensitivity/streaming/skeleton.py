@@ -34,11 +34,11 @@ BLOCKS = "model.layers"
 
 
 def _transformers():
-    """transformers, after `sensitivity.models.hf` has set USE_HUB_KERNELS=NO."""
-    import sensitivity.models.hf  # noqa: F401
-    import transformers
+    """transformers, after `sensitivity.models.hf` has set USE_HUB_KERNELS=NO (our package
+    `kernels` would otherwise pass for the Hugging Face one)."""
+    from sensitivity.models.lm_loading import _transformers as after_hf
 
-    return transformers
+    return after_hf()
 
 
 @dataclass

@@ -21,8 +21,9 @@ def test_sizes_parse_in_decimal_and_binary_units(monkeypatch):
 def test_the_plan_streams_when_the_whole_model_would_not_fit(tmp_path, monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=llm_models.VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=16,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    config = LlamaConfig(vocab_size=llm_models.VOCAB, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=16, num_attention_heads=4, num_key_value_heads=2,
+                         tie_word_embeddings=False)
     model = LlamaForCausalLM(config)  # deep enough that one block is a small part of it
     folder = llm_models.save_folder(model, tmp_path / "m", with_tokenizer=False)
     monkeypatch.setattr(budget, "BASELINE_BYTES", 0)

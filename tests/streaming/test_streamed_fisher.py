@@ -74,7 +74,8 @@ def test_streamed_fisher_table(tmp_path):
                                   QuantScheme(group_size=16), probes=4, block=2)
     assert set(table.omega) == set(names) and table.meta["streamed"]
     assert all(table.layer_stats[n]["probes"] == 4 and table.layer_stats[n]["trace"] > 0 for n in names)
-    assert all(table.omega[n][(2, 16)] > table.omega[n][(4, 16)] > table.omega[n][(16, 16)] >= 0 for n in names)
+    assert all(table.omega[n][(2, 16)] > table.omega[n][(4, 16)] > table.omega[n][(16, 16)] >= 0
+               for n in names)
     with pytest.raises(ValueError, match="round-to-nearest"):
         streamed_fisher_table(lm, bundle.calibration, bundle.output_loss, names, CHOICES,
                               QuantScheme(group_size=16, algorithm="gptq"), probes=2, block=2)

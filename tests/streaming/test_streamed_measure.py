@@ -65,4 +65,5 @@ def test_streamed_empirical_omega_equals_the_estimator(tmp_path):
                                    [layer.name for layer in layers], choices, scheme)
     for layer in layers:
         for c in choices:
-            assert got[layer.name][c] == pytest.approx(want[layer.name][c], rel=1e-5, abs=1e-9), (layer.name, c)
+            assert got[layer.name][c] == pytest.approx(want[layer.name][c], rel=1e-5, abs=1e-9), \
+                (layer.name, c)
