@@ -8,6 +8,11 @@ what the whole model gives.
 - `skeleton`: `StreamedCausalLM` (resident embedding, norm, head; `block(i)`);
 - `hidden`: hidden states in memory up to a budget, on disk past it;
 - `gauss_newton`: block-streamed per-sample Gauss–Newton probe norms;
-- `measure`: block-streamed calibration loss with one layer quantized;
-- `gptq`: block-streamed sequential GPTQ.
+- `fisher`: the probe rounds, RTN errors block by block, the `fisher` table;
+- `measure`: block-streamed calibration loss with one layer quantized (`empirical`);
+- `gptq`: block-streamed sequential GPTQ;
+- `evaluate`: the causal-LM family's quality metrics of an allocation, streamed;
+- `budget`: `BITALLOC_MAX_MEMORY` and whether a folder must be streamed under it.
+
+Each is tested against the whole-model computation (tests/streaming/).
 """

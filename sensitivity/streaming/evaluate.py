@@ -1,0 +1,84 @@
+"""Block-streamed quality of an allocation: the causal-LM family's evaluation
+(`sensitivity.models.causal_lm`: perplexity, mean KL to the full-precision next-token
+distributions, top-1 agreement with them) of the model with some layers' weights
+fake-quantized, one block resident.
+
+Every batch's hidden state goes through block i before block i+1 is read, so each
+block is read once per evaluation; the quantized weights replace the materialized
+block's own (it is released, and re-read in full precision next time). The
+full-precision reference is computed the same way and kept as fp16 log-probabilities,
+as the family keeps it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kernels.fake_quant import fake_quantize_weight
+from kernels.scheme import QuantConfig
+from sensitivity.bundle import Batch
+from sensitivity.measure import replaced_weights
+from sensitivity.models.causal_lm import next_token_nll
+from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD
+from sensitivity.streaming.hidden import HiddenStates
+from sensitivity.streaming.skeleton import StreamedCausalLM
+
+
+@torch.no_grad()
+def streamed_logits(lm: StreamedCausalLM, batches: Sequence[Batch],
+                    configs: Mapping[str, QuantConfig] | None = None,
+                    hidden: HiddenStates | None = None) -> list[torch.Tensor]:
+    """Each batch's logits with the layers in `configs` at Q(W) (round-to-nearest)."""
+    configs = dict(configs or {})
+    unknown = [n for n in configs if n not in (EMBEDDING, HEAD) and lm.block_of(n) is None]
+    if unknown or (lm.tied and HEAD in configs):
+        raise ValueError(f"not layers of the streamed model: {', '.join(unknown or [HEAD])}")
+    resident = {EMBEDDING: lm.decoder.embed_tokens, HEAD: lm.model.lm_head}
+    swapped = {n: fake_quantize_weight(resident[n], c) for n, c in configs.items() if n in resident}
+    store = hidden if hidden is not None else HiddenStates()
+    try:
+        with replaced_weights(lm.model, swapped):  # a tied head follows its embedding
+            calls = [lm.block_calls(b) for b in batches]
+            for b, call in enumerate(calls):
+                store.put(b, call.embeddings)
+            for i in range(len(lm)):
+                with lm.block(i):
+                    for name, module in lm.block_names(i).items():
+                        if name in configs:
+                            module.weight.copy_(fake_quantize_weight(module, configs[name]))
+                    for b, call in enumerate(calls):
+                        store.put(b, lm.run_block(i, store.get(b), call))
+            return [lm.head(store.get(b)) for b in range(len(batches))]
+    finally:
+        store.close()
+
+
+class StreamedEvaluation:
+    """The family's quality metrics on held-out `batches`, against the streamed
+    full-precision model's reference (computed once)."""
+
+    def __init__(self, lm: StreamedCausalLM, batches: Sequence[Batch], hidden_budget: int | None = None):
+        self.lm, self.batches, self.hidden_budget = lm, list(batches), hidden_budget
+        self.reference = [(F.log_softmax(z.float(), -1).half(), z.argmax(-1))
+                          for z in streamed_logits(lm, self.batches, hidden=HiddenStates(hidden_budget))]
+
+    def __call__(self, configs: Mapping[str, QuantConfig] | None = None) -> dict[str, float]:
+        nll = kl = agree = 0.0
+        predicted = real = 0
+        logits = streamed_logits(self.lm, self.batches, configs, hidden=HiddenStates(self.hidden_budget))
+        for b, z, (ref, ref_top) in zip(self.batches, logits, self.reference):
+            logp = F.log_softmax(z.float(), -1)
+            s, n = next_token_nll(logp, b)
+            nll, predicted = nll + s, predicted + n
+            mask = b["attention_mask"].bool()
+            ref_logp = ref.float()
+            per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+            kl += float(per[mask].double().sum())
+            agree += float((logp.argmax(-1) == ref_top)[mask].sum())
+            real += int(mask.sum())
+        return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
+                "top1_agreement": 100 * agree / max(real, 1)}
