@@ -13,6 +13,9 @@ engine's own block (`ProbeEngine.default_block`), so a round of the default bloc
 is one shard per batch (an LLM's 8 sequences: 8 shards), and a larger `block`
 gives more.
 
+`empirical`'s layers are shards too (`MeasureShard`: one layer, every choice, under
+RTN), and `shard_from_json` reads either kind back.
+
 `ShardExecutor` is the seam: `LocalShards` runs them in order in this process (the
 default, and what `bitalloc run` uses); the service's workers run them through the
 broker (`service.worker.shards`). A shard is plain JSON (`Shard.to_json`), so
@@ -58,7 +61,7 @@ class Shard:
         return f"{self.kind}/{self.round}/{self.batch}/{self.chunk}"
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "names": list(self.names), "active": list(self.active)}
+        return {"type": "probes", **asdict(self), "names": list(self.names), "active": list(self.active)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Shard:
@@ -69,6 +72,42 @@ class Shard:
                        active=tuple(int(i) for i in data["active"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a shard payload: {exc}") from None
+
+
+@dataclass(frozen=True)
+class MeasureShard:
+    """One layer of `empirical`: the calibration loss with only this layer at each weight
+    choice (RTN on the job's grid, so another process quantizes it the same way)."""
+
+    kind: str
+    layer: str
+    choices: tuple[tuple[int, int], ...]
+    scheme: tuple[tuple[str, Any], ...]  # QuantScheme.as_dict() items of an RTN scheme
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.layer}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "measure", "kind": self.kind, "layer": self.layer,
+                "choices": [list(c) for c in self.choices], "scheme": dict(self.scheme)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MeasureShard:
+        try:
+            choices = tuple((int(w), int(a)) for w, a in data["choices"])
+            return cls(str(data["kind"]), str(data["layer"]), choices, tuple(sorted(data["scheme"].items())))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a measure shard payload: {exc}") from None
+
+
+def shard_from_json(data: dict[str, Any]) -> Shard | MeasureShard:
+    """A shard from its payload, whichever kind of work it is."""
+    kinds = {"probes": Shard, "measure": MeasureShard}
+    kind = data.get("type", "probes") if isinstance(data, dict) else None
+    if kind not in kinds:
+        raise ValueError(f"not a shard payload (type {kind!r}; known: {', '.join(kinds)})")
+    return kinds[kind].from_json(data)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import redis.exceptions
 from celery import Celery
 
 from sensitivity.memory import release_freed_memory
-from sensitivity.shards import Shard, ShardExecutor, ShardResult
+from sensitivity.shards import Shard, ShardExecutor, ShardResult, shard_from_json
 from service import broker, crud
 from service.config import Settings
 from service.db.models import utcnow
@@ -71,7 +71,7 @@ def compute_claimed(settings: Settings, sessions, claim: crud.ShardClaim, worker
     lease = ShardLease(sessions, claim, settings.heartbeat_interval_s)
     lease.start()
     try:
-        result = compute(Shard.from_json(claim.payload))
+        result = compute(shard_from_json(claim.payload))
     except Exception as exc:
         with sessions() as session:
             crud.fail_shard(session, claim.id, claim.token, f"{type(exc).__name__}: {exc}")
@@ -148,7 +148,7 @@ def _runner(settings: Settings, sessions, job_id: uuid.UUID, payload: dict):
     """This process's runner for the job's shards with this payload's layers and engine.
     The model is loaded once per process and kept for the next jobs on the same model
     and data (a built-in name, or the same uploads); another model replaces it."""
-    from sensitivity.estimators.hutchinson import shard_runner
+    from sensitivity.estimators.remote import runner_for, runner_key
 
     with sessions() as session:
         job = crud.load_job(session, job_id)
@@ -159,9 +159,9 @@ def _runner(settings: Settings, sessions, job_id: uuid.UUID, payload: dict):
         _loaded.clear()
         _loaded.update(model=model, bundle=_load_bundle(settings, sessions, job), runners={})
     runners = _loaded["runners"]
-    key = (tuple(payload["names"]), payload["engine"])
+    key = runner_key(payload)
     if key not in runners:
-        runners[key] = shard_runner(_loaded["bundle"], payload["names"], payload["engine"])
+        runners[key] = runner_for(_loaded["bundle"], payload)
     return runners[key]
 
 

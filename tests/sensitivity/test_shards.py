@@ -1,7 +1,7 @@
 """Hutchinson's shards: the traces are the same whichever way the shards run — in
 order here, out of order through JSON as another worker returns them, or computed
 by a runner built from the payload alone on a fresh copy of the bundle — and the
-plan does not depend on the executor."""
+plan does not depend on the executor. `empirical`'s layers likewise."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from sens_run import CHOICES, SCHEME, used_layers
 
 from sensitivity.engine import compute_table
 from sensitivity.estimators.hutchinson import shard_runner
-from sensitivity.shards import LocalShards, Shard, ShardExecutor, ShardResult, merge_round, plan_round
+from sensitivity.estimators.remote import runner_for, runner_key
+from sensitivity.shards import (
+    LocalShards,
+    MeasureShard,
+    Shard,
+    ShardExecutor,
+    ShardResult,
+    merge_round,
+    plan_round,
+    shard_from_json,
+)
 
 FISHER = {"tol": 0.02, "min_probes": 8, "max_probes": 40, "block": 16}
 HAWQ = {"tol": 0.05, "min_probes": 4, "max_probes": 12, "block": 2}
@@ -36,11 +46,13 @@ class Remote(ShardExecutor):
         self.plans.append([s.key for s in shards])
         out = {}
         for n, shard in enumerate(reversed(shards), 1):
-            payload = Shard.from_json(json.loads(json.dumps(shard.to_json())))
+            data = json.loads(json.dumps(shard.to_json()))
+            payload = shard_from_json(data)
             assert payload == shard
-            if payload.names not in self.runners:
-                self.runners[payload.names] = shard_runner(self.make_bundle(), payload.names, payload.engine)
-            result = self.runners[payload.names](payload)
+            key = runner_key(data)
+            if key not in self.runners:
+                self.runners[key] = runner_for(self.make_bundle(), data)
+            result = self.runners[key](payload)
             result.worker = f"w{n % 2}"
             out[shard.key] = ShardResult.from_json(json.loads(json.dumps(result.to_json())))
             self.workers.add(result.worker)
@@ -61,6 +73,7 @@ def _table(method, make_bundle, params, shards=None):
     ("hawq_v2", tiny_mlp, HAWQ),  # double-backward HVPs
     ("hawq_v2", tiny_distill_mlp, {**HAWQ, "engine": "jvp", "block": 16}),  # chunks of 8
     ("hawq_v2", tiny_mlp, {**HAWQ, "mode": "shared"}),
+    ("empirical", tiny_mlp, {}),  # a shard per layer, RTN weights of the runner's own
 ])
 def test_sharded_traces_equal_sequential_exactly(method, make, params):
     local = LocalShards()
@@ -100,6 +113,13 @@ def test_merge_sums_batches_per_chunk_in_order():
 def test_bad_payloads_and_engines_are_refused():
     with pytest.raises(ValueError, match="not a shard payload"):
         Shard.from_json({"kind": "hutchinson"})
+    with pytest.raises(ValueError, match="type 'other'"):
+        shard_from_json({"type": "other"})
+    with pytest.raises(ValueError, match="not a measure shard payload"):
+        shard_from_json({"type": "measure", "kind": "empirical"})
+    gptq = MeasureShard("empirical", "0", ((4, 16),), (("algorithm", "gptq"),)).to_json()
+    with pytest.raises(ValueError, match="cannot be measured elsewhere"):
+        runner_for(tiny_mlp(), gptq)
     with pytest.raises(ValueError, match="cannot run a shard elsewhere"):
         shard_runner(tiny_mlp(), ["0"], "input_gn")
 

@@ -3,7 +3,8 @@
 minilm (a round of 32 probes: 4 shards of 8) split over two workers gives the same
 table as on one and reports both; its progress never goes back; a worker killed
 (SIGKILL) while it holds a shard costs that shard only, which the job's worker runs
-again, and the job ends as on one worker, in its first attempt."""
+again, and the job ends as on one worker, in its first attempt. `empirical`'s layers
+split the same way."""
 
 from __future__ import annotations
 
@@ -38,10 +39,10 @@ class Cluster:
         self.tmp, self.env, self.server = tmp, env, server
         self.db = create_engine(db_url)
 
-    def run(self, watch=None) -> tuple[dict, dict]:
+    def run(self, watch=None, spec: dict = JOB) -> tuple[dict, dict]:
         """Submit the job, wait for it (calling `watch(job)` on every poll); (job, result)."""
         api = self.server.client()
-        job = api.post("/v1/jobs", json=JOB).json()
+        job = api.post("/v1/jobs", json=spec).json()
         seen = []
 
         def until(j):
@@ -150,6 +151,20 @@ def test_a_worker_killed_mid_shard_costs_that_shard_only(one_worker, cluster):
     lost = rows[killed["key"]]
     assert lost.attempts == 2 and lost.claimed_by != killed["by"]  # run again by another worker
     assert all(r.attempts == 1 for k, r in rows.items() if k != killed["key"])  # nothing else re-run
+
+
+def test_empirical_layers_split_over_two_workers_give_the_same_table(cluster):
+    """`empirical`: a shard per layer (RTN), in rounds of 8 layers."""
+    spec = {**JOB, "method": "empirical", "method_params": {}}
+    with worker(cluster.tmp, cluster.env, name="worker-a"):
+        _, alone = cluster.run(spec=spec)
+    with worker(cluster.tmp, cluster.env, name="worker-a"), \
+            worker(cluster.tmp, cluster.env, "--shards-only", name="worker-b"):
+        job, result = cluster.run(spec=spec)
+    layers = len(result["layers"])
+    assert alone["sensitivity"]["workers"] == 1 and alone["sensitivity"]["shards"]["shards"] == layers
+    assert result["sensitivity"]["workers"] == 2, cluster.logs()
+    assert _table(result) == _table(alone)
 
 
 def _in_group(pid: int, group: int) -> bool:
