@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import Batch, ModelBundle
@@ -23,6 +22,7 @@ from sensitivity.layers import LayerInfo
 from sensitivity.methods import MethodConfig
 from sensitivity.progress import Progress, no_progress
 from sensitivity.quantized import QuantizedWeights
+from sensitivity.shards import LocalShards, ShardExecutor
 from sensitivity.table import Choice, SensitivityTable
 
 STAGE = "sensitivity"
@@ -61,14 +61,12 @@ class EstimatorContext:
     progress: StageProgress = field(default_factory=StageProgress)
     checkpoint: Checkpoint = NO_CHECKPOINT
     weights: QuantizedWeights | None = None  # the job's; one of the context's own when not given
-    # where Hutchinson's shards run (`sensitivity.shards`): here, one after the other, by default
-    shards: Any = None
+    # where the shards run (`sensitivity.shards`): here, one after the other, by default
+    shards: ShardExecutor | None = None
 
 
     def __post_init__(self):
         if self.shards is None:
-            from sensitivity.shards import LocalShards
-
             self.shards = LocalShards()
         if self.weights is None:
             self.weights = QuantizedWeights(self.bundle, self.scheme,
