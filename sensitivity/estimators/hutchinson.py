@@ -69,6 +69,10 @@ class ProbeEngine(ABC):
     def add_samples(self, b: int, wb: WeightedBatch, k: int, gen: torch.Generator,
                     active: list[int], sample: Samples) -> int: ...
 
+    def block(self, batches: Sequence[WeightedBatch]) -> int:
+        """Probes per layer per round when the settings leave it to the engine."""
+        return self.default_block
+
     def _graph(self, b: int, build):
         graph = self._graphs.get(b) or build()
         if self.single_batch:
@@ -76,7 +80,26 @@ class ProbeEngine(ABC):
         return graph
 
 
-class GaussNewtonEngine(ProbeEngine):
+# Output-space probes of one batch held at once (and, for a tied LM head, as much again
+# in its output gradient): an LLM's probe is tokens x vocabulary floats (smollm2: 25 MB a
+# sequence), so its block is 4 rather than 8; a small model's output keeps the default.
+PROBE_BYTES = 100 * 2**20
+
+
+class _OutputProbes(ProbeEngine):
+    """The engines whose probes live in output space: the block is the default, or as many
+    probes as PROBE_BYTES holds for the largest calibration batch's output."""
+
+    def block(self, batches):
+        bundle = self.pert.bundle
+        first = batches[0].batch
+        with torch.no_grad():
+            per_sample = bundle.forward(bundle.model, first).numel() / bundle.batch_size(first)
+        largest = max(bundle.batch_size(wb.batch) for wb in batches)
+        return max(1, min(self.default_block, int(PROBE_BYTES // (4 * per_sample * largest))))
+
+
+class GaussNewtonEngine(_OutputProbes):
     name, default_block = "gn", 8
 
     def add_samples(self, b, wb, k, gen, active, sample):
@@ -87,7 +110,7 @@ class GaussNewtonEngine(ProbeEngine):
         return k
 
 
-class JointGaussNewtonEngine(ProbeEngine):
+class JointGaussNewtonEngine(_OutputProbes):
     name, default_block = "gn_joint", 8
 
     def add_samples(self, b, wb, k, gen, active, sample):
@@ -205,7 +228,7 @@ def hutchinson_traces(ctx: EstimatorContext, engine_type: type[ProbeEngine],
         stats = {n: RunningMean.from_state(s) for n, s in saved["stats"].items()}
         hvps, round_ = saved["hvps"], saved["round"]
     active = [i for i, n in enumerate(names) if not _done(stats[n], probes)]
-    k = probes.block or engine.default_block
+    k = probes.block or engine.block(ctx.batches)
     chunk = min(k, PROBES_PER_SHARD)
     report = _Reporter(ctx.progress, names, probes, k)
     with frozen(ctx.bundle.model):

@@ -80,3 +80,24 @@ def test_every_method_runs_on_a_gpt2(method):
     assert set(table.omega) == {layer.name for layer in layers}
     c_attn = table.omega["transformer.h.0.attn.c_attn"]
     assert c_attn[(2, 16)] >= c_attn[(4, 16)] or method == "empirical"
+
+
+def test_output_probe_block_fits_the_probe_memory(monkeypatch):
+    """The gn engines' default block: 8 probes where the output is small, as many as
+    PROBE_BYTES holds for the largest batch where it is not (an LLM's vocabulary)."""
+    from sensitivity.estimators import hutchinson
+    from sensitivity.estimators.context import weighted_batches
+
+    bundle = llm_models.bundle(llm_models.llama())
+    names = [layer.name for layer in discover_layers(bundle)]
+    engine = hutchinson.GaussNewtonEngine(Perturbation(bundle, names), single_batch=False)
+    batches = weighted_batches(bundle)
+    with torch.no_grad():
+        out = bundle.forward(bundle.model, batches[0].batch)
+    largest = max(bundle.batch_size(wb.batch) for wb in batches)
+    probe = 4 * out.numel() / bundle.batch_size(batches[0].batch) * largest
+    assert engine.block(batches) == 8
+    monkeypatch.setattr(hutchinson, "PROBE_BYTES", int(3.5 * probe))
+    assert engine.block(batches) == 3
+    monkeypatch.setattr(hutchinson, "PROBE_BYTES", 1)
+    assert engine.block(batches) == 1
