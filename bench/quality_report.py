@@ -47,9 +47,10 @@ package's Q4_1 GGUF values dequantized to fp32. Calibration: 8 windows of 128 to
 built-in prose's first half, self-distillation KL; perplexity, KL and top-1 agreement on 16
 held-out windows of its second half (2,032 predicted tokens). The tied embedding / LM head is
 one layer and is quantized like the others. `hawq_v1` and `interlayer` cost one double backward
-per layer and iteration (or pair and width) and sequence, and run on the first two calibration
-sequences here (`bench/quality.py`'s `CALIBRATION_SUBSET`), `hawq_v1` capped at 3 iterations,
-`interlayer` with pairs of neighbours only."""
+per layer and iteration (or pair and width) and sequence, `empirical` one forward pass per layer,
+width and sequence; they run on the first two calibration sequences here (`bench/quality.py`'s
+`CALIBRATION_SUBSET`), `hawq_v1` capped at 3 iterations, `interlayer` with pairs of neighbours
+only."""
 # what the smollm2 figures say: written when the results were, like RECOMMENDATION
 LLM_NOTES = """\
 - Below 3.5 average bits every allocation on smollm2-135m collapses (perplexity in the
