@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -241,6 +241,33 @@ def next_token_nll(logp: torch.Tensor, batch: Batch) -> tuple[float, int]:
     return float((nll.double() * keep).sum()), int(keep.sum())
 
 
+def reference_of(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full-precision reference of one batch: next-token log-probabilities in fp16
+    (the full-precision model's own KL to them is ~1e-6) and the exact top-1 tokens."""
+    logits = logits.float()
+    return F.log_softmax(logits, -1).half(), logits.argmax(-1)
+
+
+def lm_quality(batches: Sequence[Batch], logits: Iterable[torch.Tensor],
+               references: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Perplexity, mean KL to the reference and top-1 agreement (%) of a model's logits
+    on `batches` (one tensor per batch), over their real tokens."""
+    nll = kl = agree = 0.0
+    predicted = real = 0
+    for b, z, (ref, ref_top) in zip(batches, logits, references):
+        logp = F.log_softmax(z.float(), -1)
+        s, n = next_token_nll(logp, b)
+        nll, predicted = nll + s, predicted + n
+        mask = b["attention_mask"].bool()
+        ref_logp = ref.float()
+        per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kl += float(per[mask].double().sum())
+        agree += float((logp.argmax(-1) == ref_top)[mask].sum())
+        real += int(mask.sum())
+    return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
+            "top1_agreement": 100 * agree / max(real, 1)}
+
+
 def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
                      evaluation: Sequence[Batch], *, description: str, info: dict | None = None,
                      cache_salt: str = "", tokenizer=None) -> ModelBundle:
@@ -277,30 +304,13 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
         tokens; computed at the first evaluation, so the sensitivity stage does not hold
         them (16 × 128 × 49,152 values for smollm2)."""
         if not reference:
-            refs = []
-            for b in evaluation:
-                logits = forward(model, b).float()
-                refs.append((F.log_softmax(logits, -1).half(), logits.argmax(-1)))
-            reference.extend(refs)
+            reference.extend([reference_of(forward(model, b)) for b in evaluation])
         return reference
 
     def evaluate(m: nn.Module) -> dict[str, float]:
-        nll = kl = agree = 0.0
-        predicted = real = 0
         refs = run("evaluation", full_precision_reference)
         with torch.no_grad():
-            for b, (ref, ref_top) in zip(evaluation, refs):
-                logp = F.log_softmax(forward(m, b).float(), -1)
-                s, n = next_token_nll(logp, b)
-                nll, predicted = nll + s, predicted + n
-                mask = b["attention_mask"].bool()
-                ref_logp = ref.float()
-                per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-                kl += float(per[mask].double().sum())
-                agree += float((logp.argmax(-1) == ref_top)[mask].sum())
-                real += int(mask.sum())
-        return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
-                "top1_agreement": 100 * agree / max(real, 1)}
+            return lm_quality(evaluation, (forward(m, b) for b in evaluation), refs)
 
     output_loss = NextTokenCrossEntropyOutput() if labelled else TokenDistillationKLOutput()
     facts = {"calibration_sequences": sum(int(b["input_ids"].shape[0]) for b in calibration),

@@ -12,17 +12,15 @@ as the family keeps it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from kernels.fake_quant import fake_quantize_weight
 from kernels.scheme import QuantConfig
 from sensitivity.bundle import Batch
 from sensitivity.measure import replaced_weights
-from sensitivity.models.causal_lm import next_token_nll
+from sensitivity.models.causal_lm import lm_quality, reference_of
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD
 from sensitivity.streaming.hidden import HiddenStates
 from sensitivity.streaming.skeleton import StreamedCausalLM
@@ -63,22 +61,9 @@ class StreamedEvaluation:
 
     def __init__(self, lm: StreamedCausalLM, batches: Sequence[Batch], hidden_budget: int | None = None):
         self.lm, self.batches, self.hidden_budget = lm, list(batches), hidden_budget
-        self.reference = [(F.log_softmax(z.float(), -1).half(), z.argmax(-1))
-                          for z in streamed_logits(lm, self.batches, hidden=HiddenStates(hidden_budget))]
+        self.reference = [reference_of(z) for z in
+                          streamed_logits(lm, self.batches, hidden=HiddenStates(hidden_budget))]
 
     def __call__(self, configs: Mapping[str, QuantConfig] | None = None) -> dict[str, float]:
-        nll = kl = agree = 0.0
-        predicted = real = 0
         logits = streamed_logits(self.lm, self.batches, configs, hidden=HiddenStates(self.hidden_budget))
-        for b, z, (ref, ref_top) in zip(self.batches, logits, self.reference):
-            logp = F.log_softmax(z.float(), -1)
-            s, n = next_token_nll(logp, b)
-            nll, predicted = nll + s, predicted + n
-            mask = b["attention_mask"].bool()
-            ref_logp = ref.float()
-            per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-            kl += float(per[mask].double().sum())
-            agree += float((logp.argmax(-1) == ref_top)[mask].sum())
-            real += int(mask.sum())
-        return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
-                "top1_agreement": 100 * agree / max(real, 1)}
+        return lm_quality(self.batches, logits, self.reference)
