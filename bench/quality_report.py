@@ -54,29 +54,44 @@ only."""
 # what the smollm2 figures say: written when the results were, like RECOMMENDATION
 LLM_NOTES = """\
 - Below 3.5 average bits every allocation on smollm2-135m collapses (perplexity in the
-  thousands or more): the budget forces layers to 2 bits with round-to-nearest, and the
-  second-order Ω (KL ≈ ½·Tr·‖ΔW‖²/n) underestimates what 2-bit layers do to a language model.
-  The target against uniform quantization at the same size holds only because uniform 2-bit is
-  worse still (3.06e8). With GPTQ (`quant.algorithm = "gptq"`, 16,384 calibration tokens) the
+  hundreds or more): the budget forces layers to 2 bits with round-to-nearest. The target
+  against uniform quantization at the same size holds only because uniform 2-bit is worse
+  still (3.06e8). With GPTQ (`quant.algorithm = "gptq"`, 16,384 calibration tokens) the
   `fisher` allocation at 3 bits falls from 3,505 to 298 (docs/results.md, quantizers).
+- `empirical` (measured KL, on two calibration sequences) is the best method here below 5
+  bits: 630.7 at 3 bits against `fisher`'s 3,505, 89.65 at 3.5 (103.7), 48.91 at 4 (56.24);
+  at 5 bits `fisher` is ahead (30.82 against 31.87). It costs 58 minutes on one loaded core
+  against `fisher`'s two.
+- Why the second-order Ω misleads at 3 bits and below (measured beside this run, the `fisher`
+  table, every layer of a kind at one width, calibration KL measured against predicted ΣΩ):
+  at 3 bits all MLP projections measure 0.79 of their prediction, all attention projections
+  0.49, the 30 `v_proj` alone 0.39; at 2 bits MLP 0.96, attention 0.96, `v_proj` 0.32. The
+  trace-based Ω overrates `v_proj` and attention relative to the MLPs by about 2x, so the
+  solver buys `v_proj` 5-6 bits and leaves whole MLP blocks (4-15) at 2 bits, where the
+  damage compounds. Weighting each weight's error by a Kronecker-diagonal estimate of the
+  Gauss-Newton diagonal (per output row x per input column, 4 probes on 4 sequences) instead
+  of the isotropic trace moved little: 2,584 at 3 bits, 90.2 at 3.5, 55.9 at 4.
 - From 3.5 bits on, `fisher` beats uniform quantization of a larger size (3.5 bits: 103.7
   against uniform 3-bit's 247.1 at 3.16 bits) and at 5 bits it beats uniform 5-bit (30.82
   against 33.61 at 5.16 bits); at 4 bits it is worse than uniform 4-bit (56.24 against 38.60
   at 4.16 bits, 4 % larger).
 - `hawq_v2` is `fisher` here: for a zero-residual loss its `auto` engine is the same
-  Gauss–Newton computation, so the tables and allocations are identical.
+  Gauss-Newton computation, so the tables and allocations are identical. These two tables were
+  drawn before the probe shards of issue #18 (commit c092526: one generator, block 8); since
+  then the stream is per shard and smollm2's default block 4 (docs/benchmarks.md), so a rerun
+  draws other, equally converged, traces.
+- `hawq_v1` (λ_max by 3 power iterations on two sequences, 49 minutes under load) is far
+  behind the trace methods: 1.35e5 at 3 bits, 11,877 at 3.5, 121.3 at 4, 40.71 at 5. The
+  top eigenvalue times ‖ΔW‖² ranks layers by their stiffest direction, which a quantization
+  error spread over every direction barely meets.
 - `lrp` (AttnLRP) is the weakest method on this model (77.8 at 4 bits, 35.7 at 5), and close
   to random below 4 bits.
-- `interlayer` (on two calibration sequences, pairs of neighbours; 1,302 s on two cores) is
-  within a few per cent of `fisher`: 3,772 against 3,505 at 3 bits, 54.74 against 56.24 at 4,
-  31.22 against 30.82 at 5.
-- Not in the table yet: `empirical` and `hawq_v1`. On this machine `empirical`
-  (one forward pass per layer, width and sequence, 211 × 6 × 8) reached layer 123 of 211 in
-  about an hour of one core shared with two other jobs; `hawq_v1` on two sequences with 3
-  iterations reached layer 32 in 11 minutes (~70 minutes for all). Add them with
-  `bench/quality.py --models smollm2-135m --methods empirical` (and `hawq_v1`):
-  the rows merge into `bench/results/quality-llm.json`, and a killed table resumes from its
-  checkpoint."""
+- `interlayer` is not in this run: its Hessian pair terms hold every layer's ΔW at every width
+  (seven times the model) beside the quantized-weight provider's own copies, 17 GB here, and
+  under this session's load took 2.5 s a pair HVP (86 more minutes), so the run was stopped at
+  pair 64 of 211. The previous run (commit 3918340, same settings: two sequences, neighbour
+  pairs) measured 3,772 at 3 bits, 106.4 at 3.5, 54.74 at 4, 31.22 at 5: within a few per cent
+  of `fisher`."""
 
 
 def q(entry: dict, metric: str) -> float | None:
