@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -190,7 +191,7 @@ Compute = Callable[[Shard], ShardResult]
 
 
 @dataclass
-class ShardExecutor:
+class ShardExecutor(ABC):
     """Runs a round's shards and returns their results in the shards' order; `done(n)`
     is called as the count of finished shards grows (the job's progress, and where a
     cancelled job stops). Records which workers computed shards."""
@@ -199,9 +200,9 @@ class ShardExecutor:
     workers: set[str] = field(default_factory=set)
     shards_run: int = 0
 
+    @abstractmethod
     def run(self, shards: Sequence[Shard], compute: Compute,
-            done: Callable[[int], None] = lambda n: None) -> list[ShardResult]:
-        raise NotImplementedError
+            done: Callable[[int], None] = lambda n: None) -> list[ShardResult]: ...
 
     def summary(self) -> dict[str, Any]:
         return {"executor": self.name, "shards": self.shards_run, "workers": len(self.workers)}
