@@ -2,11 +2,13 @@
 (`StreamedOutputGraph`) and Ω_l(b) = ½ · (Tr/n_l) · ‖ΔW_l(b)‖² with the errors
 computed block by block, so no stage holds more than one block's weights.
 
-The probe loop draws what the whole-model `gn` engine draws: rounds of `block`
-probes, each round one `probe_norms` call per calibration batch from one generator,
-each batch's samples weighted by its share of the calibration samples. Every
-layer gets the same fixed number of probes here (the whole-model loop's stopping
-rule on the standard error lives in `sensitivity.estimators.hutchinson`).
+The probe loop: rounds of `block` probes, each round one `probe_norms` call per
+calibration batch from one generator, each batch's samples weighted by its share of
+the calibration samples — the probes `OutputGraph.probe_norms` draws from the same
+generator, so the norms equal the whole-model graph's (tests/streaming). It is not yet
+the whole-model table's stream: `sensitivity.estimators.hutchinson` seeds each shard
+of a round on its own (`sensitivity.shards.shard_seed`) and stops layers on their
+standard error, while every layer gets the same fixed number of probes here.
 """
 
 from __future__ import annotations
