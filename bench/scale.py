@@ -20,6 +20,12 @@ Stages:
   block's codes written to a safetensors file as it finishes; whole:
   `quantize_sequentially` in place on the fp32 model. Per-layer code checksums are
   compared.
+- `streamed-job`: a whole job (`workers.pipeline.run_job`: `fisher` with `--probes`
+  probes per sequence, 4 average bits, the evaluation and the packed artifact) on the
+  folder as an upload with a token dataset of `--fisher-sequences` calibration and as
+  many held-out random sequences; under `--budget` it is block streamed because the
+  budget says so (`BITALLOC_MAX_MEMORY`), not because the stage asks. Reports the
+  job's own stage times and peak RSS.
 
     .venv/bin/python bench/scale.py                      # the 1.1B model, every stage
     .venv/bin/python bench/scale.py --blocks 2 --hidden 256 --intermediate 704 \\
@@ -44,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # bench/kernels.py would shadow the `kernels` package: the repository root first
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-STAGES = ("streamed-fisher", "whole-fisher", "streamed-gptq", "whole-gptq")
+STAGES = ("streamed-fisher", "whole-fisher", "streamed-gptq", "whole-gptq", "streamed-job")
 ERROR_CHOICES = [(3, 16), (4, 16), (8, 16)]
 
 
@@ -287,6 +293,41 @@ def stage_whole_gptq(args, folder: Path, parts: Parts) -> dict:
     return {"checksums": checksums, "order": order}
 
 
+def stage_streamed_job(args, folder: Path, parts: Parts) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    from sensitivity.sources import DataSource, ModelSource
+    from workers.pipeline import run_job
+    from workers.spec import JobSpec
+
+    work = Path(tempfile.mkdtemp(prefix="bitalloc-scale-job-"))
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    ids = torch.randint(0, args.vocab, (2 * args.fisher_sequences, args.tokens), generator=gen)
+    save_file({"inputs": ids}, str(work / "ids.safetensors"))  # even rows calibrate, odd rows evaluate
+    spec = JobSpec(model="scale-llama", method="fisher", budgets={"avg_bits": 4}, pareto_points=0,
+                   method_params={"min_probes": args.probes, "max_probes": args.probes, "block": args.probes})
+
+    def progress(stage: str, fraction: float, message: str) -> None:
+        if fraction in (0.0, 1.0):
+            print(f"    [{time.strftime('%H:%M:%S')}] {stage}: {message}", file=sys.stderr, flush=True)
+
+    result = run_job(spec, progress, artifact_dir=work / "artifact",
+                     model_source=ModelSource("scale-llama", "hf", "llama", folder),
+                     data_source=DataSource("ids", "safetensors", work / "ids.safetensors"))
+    for stage, seconds in result.timings.items():
+        parts.rows.append({"part": f"job stage {stage}", "seconds": round(seconds, 1),
+                           "peak_rss_mb": round(result.peak_rss_mb[stage], 1)})
+    artifact = sum(f.stat().st_size for f in (work / "artifact").iterdir())
+    return {"streamed": result.sensitivity["streamed"], "streaming": result.model.get("streaming"),
+            "avg_bits": result.summary.avg_bits, "layers": len(result.layers),
+            "backward_passes": result.sensitivity.get("backward_passes"),
+            "quality": {"full_precision": result.quality.full_precision,
+                        "allocation": result.quality.allocation, "uniform": result.quality.uniform,
+                        "uniform_bits": result.quality.uniform_bits},
+            "artifact_mib": round(artifact / 2**20, 1)}
+
+
 def _hidden_budget(args) -> int | None:
     """Bytes of hidden states kept in memory: what the budget's plan leaves, else no limit."""
     plan = getattr(args, "plan", None)
@@ -294,7 +335,8 @@ def _hidden_budget(args) -> int | None:
 
 
 STAGE_FUNCTIONS = {"streamed-fisher": stage_streamed_fisher, "whole-fisher": stage_whole_fisher,
-                   "streamed-gptq": stage_streamed_gptq, "whole-gptq": stage_whole_gptq}
+                   "streamed-gptq": stage_streamed_gptq, "whole-gptq": stage_whole_gptq,
+                   "streamed-job": stage_streamed_job}
 
 
 def run_stage(args) -> None:

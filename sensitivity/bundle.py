@@ -40,6 +40,11 @@ class ModelBundle:
     than the sensitivity methods can afford (a layer's Hessian needs far more rows
     than its K columns). `quantizer_batches` is what they use; without it, the
     calibration batches themselves.
+
+    `streamed`, when set (a `sensitivity.streaming.model.StreamedModel`), says the model
+    is block streamed: `model` is its meta-device skeleton (only the resident embedding,
+    norm and head hold values), `forward` streams the blocks, and the stages that need
+    weights (errors, probes, measured losses, quality, the artifact) go through it.
     """
 
     name: str
@@ -59,6 +64,7 @@ class ModelBundle:
     cache_salt: str = ""
     tokenizer: Any = None  # a Hugging Face model's tokenizer, written beside exports
     quantizer_calibration: Sequence[Batch] | None = None  # None: `calibration`
+    streamed: Any = None  # a StreamedModel: the weights are read one block at a time
 
     def __post_init__(self):
         if not self.metrics:

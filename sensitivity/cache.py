@@ -54,8 +54,11 @@ def table_key(method: str, bundle: ModelBundle, layers: Sequence[LayerInfo], cho
     if bundle.cache_salt:  # only when set, so the built-in models keep their keys
         header["salt"] = bundle.cache_salt
     h.update(json.dumps(header, sort_keys=True, default=str).encode())
-    for name, t in sorted(bundle.model.state_dict().items()):
-        _update_tensor(h, f"w:{name}", t)
+    if bundle.streamed is not None:  # the weights are in the files, not in the skeleton
+        h.update(f"streamed:{bundle.streamed.digest()}".encode())
+    else:
+        for name, t in sorted(bundle.model.state_dict().items()):
+            _update_tensor(h, f"w:{name}", t)
     for i, batch in enumerate(bundle.calibration):
         for k in sorted(batch):
             _update_tensor(h, f"c{i}:{k}", batch[k])

@@ -141,7 +141,9 @@ def discover_layers(bundle: ModelBundle, *, fused: bool = False) -> list[LayerIn
     users = weight_users(model, modules)
     batch = bundle.calibration[0]
     macs = _measure_macs(bundle, modules, users, batch)
-    used = _reaches_loss(bundle, modules, users, batch)
+    # a streamed forward keeps no graph; every projection of a decoder it streams is used
+    used = {name: True for name in modules} if bundle.streamed is not None else \
+        _reaches_loss(bundle, modules, users, batch)
     release_freed_memory()  # that backward pass's activations
     tied = list(bundle.tied_groups) + (fused_groups(modules) if fused else [])
     groups = _tied_groups(bundle.name, tied, modules)

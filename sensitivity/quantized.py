@@ -159,6 +159,8 @@ class QuantizedWeights:
 
     def errors(self, names: Sequence[str], choices: Sequence[Choice]) -> dict[str, dict[Choice, float]]:
         """‖ΔW_l(b)‖² for every layer and choice."""
+        if self.bundle.streamed is not None:  # round to nearest, one block read at a time
+            return self.bundle.streamed.errors(names, self.scheme, choices)
         self.prepare(names, [c[0] for c in choices])
         return {n: {c: self.error(n, c) for c in choices} for n in names}
 

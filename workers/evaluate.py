@@ -18,6 +18,8 @@ def measure(bundle: ModelBundle, choices: Mapping[str, Choice], scheme: QuantSch
             weights: QuantizedWeights | None = None) -> dict[str, float]:
     """Quality of the model with each named layer at its chosen width, quantized by the
     job's quantizer (`weights`, the job's provider; a fresh one for `scheme` if not given)."""
+    if bundle.streamed is not None:  # round to nearest, one block resident
+        return bundle.streamed.quality({n: scheme.for_choice(c) for n, c in choices.items()})
     weights = weights if weights is not None else QuantizedWeights(bundle, scheme)
     return bundle.evaluate(weights.apply(choices).model)
 

@@ -40,6 +40,7 @@ from workers.problem import (
     candidate_choices,
     check_export,
     check_overrides,
+    check_streamed,
     export_group_size,
     export_leaves_unquantized,
 )
@@ -91,6 +92,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
     done("load")
 
     stage("layers")
+    check_streamed(spec, bundle)
     all_layers = discover_layers(bundle, fused=export_format(spec.export).fused_ties)
     layers = [layer for layer in all_layers if layer.used]
     unused = [layer.name for layer in all_layers if not layer.used]
@@ -128,6 +130,8 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         raise JobError(str(exc)) from None
     except ValueError as exc:  # parameters that do not suit this model (JobSpec checked the rest)
         raise JobError(f"bad method_params for {spec.method}: {exc}") from exc
+    if bundle.streamed is not None:
+        bundle.streamed.release()  # the probe graphs' and measurements' stored block inputs
     done("sensitivity")
 
     stage("solve")
@@ -185,6 +189,7 @@ def run_job(spec: JobSpec, progress: Progress = no_progress,
         uniform_activation_points=act_uniform,
         quality_search=search,
         sensitivity={"method": table.method, "cache_hit": table.meta.get("cache") == "hit", **table.meta,
+                     "streamed": bundle.streamed is not None,
                      **_shard_report(shards, table),
                      **({"quantizer": weights.meta()} if scheme.calibrated else {})},
         timings={},
@@ -288,6 +293,9 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
     }
     if a_bits:  # each quantized input's bits, mode, symmetry and (static) scale and zero point
         allocation["activations"] = weights.activations.records(a_bits)
+    if bundle.streamed is not None:  # bitalloc's artifact (check_streamed), packed block by block
+        with bundle.streamed.packed_blocks(configs) as packed_blocks:
+            return write_export(spec.export, packed_blocks, configs, directory, allocation)
     return write_export(spec.export, model, configs, directory, allocation,
                         tokenizer=bundle.tokenizer, quantized=quantized,
                         gguf_source=bundle.info.get("gguf_file"))

@@ -170,6 +170,32 @@ def check_export(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]
                            f"{ks[partial[0]]}){hint}")
 
 
+def check_streamed(spec: JobSpec, bundle: ModelBundle) -> None:
+    """Refuse, before any work, what a block-streamed model cannot do yet: it is measured
+    and packed with round-to-nearest weights, by the methods whose work goes block by
+    block, into bitalloc's own artifact."""
+    if bundle.streamed is None:
+        return
+    from sensitivity.streaming.model import STREAMED_METHODS
+
+    why = f"{bundle.name} is block streamed ({bundle.info.get('streaming')})"
+    if spec.method not in STREAMED_METHODS:
+        raise JobError(f"{why}: method {spec.method!r} needs the whole model in memory; block "
+                       f"streamed it takes {', '.join(STREAMED_METHODS)} (or raise "
+                       "BITALLOC_MAX_MEMORY)")
+    if spec.method == "hawq_v2" and spec.method_params.get("backend", "bitalloc") != "bitalloc":
+        raise JobError(f"{why}: hawq_v2's PyHessian backend needs the whole model in memory")
+    if spec.quant.algorithm != "rtn":
+        raise JobError(f"{why}: quantizer {spec.quant.algorithm!r} is not streamed into a job "
+                       "yet; use quant.algorithm 'rtn' (or raise BITALLOC_MAX_MEMORY)")
+    if spec.export != "bitalloc":
+        raise JobError(f"{why}: export {spec.export!r} is written from the whole model; block "
+                       "streamed, a job writes export 'bitalloc'")
+    if spec.quantizes_activations():
+        raise JobError(f"{why}: activation quantization calibrates on the whole model; set "
+                       "activation widths to 16")
+
+
 def _check_gguf(spec: JobSpec, bundle: ModelBundle, layers: Sequence[LayerInfo]) -> None:
     """gguf-plan: an architecture llama.cpp's converter names, and pins or allowed widths
     whose GGUF type fits the layer's rows."""

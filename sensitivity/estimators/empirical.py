@@ -10,7 +10,9 @@ Params: none (`sensitivity.methods.EmpiricalConfig`).
 from __future__ import annotations
 
 import time
+from functools import partial
 
+from kernels.fake_quant import fake_quantize_weight
 from kernels.scheme import QuantScheme
 from sensitivity.bundle import ModelBundle
 from sensitivity.estimators.context import EstimatorContext
@@ -31,8 +33,20 @@ class MeasureRunner:
 
     def __call__(self, shard: MeasureShard) -> ShardResult:
         start = time.perf_counter()
-        losses = [loss_with(self.bundle, self.weights, [(shard.layer, c)]) for c in shard.choices]
+        streamed = self.bundle.streamed
+        if streamed is not None:  # the layer's block from its stored input, the blocks above once
+            scheme = self.weights.scheme
+            losses = streamed.losses.losses([(shard.layer, partial(fake_quantize_weight,
+                                                                   config=scheme.for_choice(c)))
+                                             for c in shard.choices])
+        else:
+            losses = [loss_with(self.bundle, self.weights, [(shard.layer, c)]) for c in shard.choices]
         return ShardResult([losses], len(losses), time.perf_counter() - start)
+
+    def base_loss(self) -> float:
+        """The full-precision calibration loss."""
+        streamed = self.bundle.streamed
+        return streamed.losses.base if streamed is not None else calibration_loss(self.bundle)
 
 
 def measure_runner(bundle: ModelBundle, scheme: dict) -> MeasureRunner:
@@ -50,13 +64,14 @@ def estimate(ctx: EstimatorContext, config: EmpiricalConfig) -> SensitivityTable
     the job's own `weights` hold)."""
     start = time.perf_counter()
     bundle, names = ctx.bundle, ctx.names
-    base = calibration_loss(bundle)
     qw = ctx.weights
+    runner = MeasureRunner(bundle, qw)
+    base = runner.base_loss()
     saved = ctx.checkpoint.load("empirical") or {}
     omega: dict[str, dict[Choice, float]] = {
         n: {parse_choice_key(k): v for k, v in row.items()} for n, row in saved.get("omega", {}).items()}
-    executor = LocalShards() if qw.scheme.calibrated else ctx.shards
-    runner = MeasureRunner(bundle, qw)
+    # GPTQ / AdaQuant codes and a streamed model's stored block inputs stay with this worker
+    executor = LocalShards() if qw.scheme.calibrated or bundle.streamed is not None else ctx.shards
     scheme = tuple(sorted(qw.scheme.as_dict().items()))
     todo = [n for n in names if n not in omega]
     forwards = 0

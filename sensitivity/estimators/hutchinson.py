@@ -92,11 +92,15 @@ class _OutputProbes(ProbeEngine):
 
     def block(self, batches):
         bundle = self.pert.bundle
-        first = batches[0].batch
-        with torch.no_grad():
-            per_sample = bundle.forward(bundle.model, first).numel() / bundle.batch_size(first)
+        per_sample = self.output_per_sample(batches[0].batch)
         largest = max(bundle.batch_size(wb.batch) for wb in batches)
         return max(1, min(self.default_block, int(PROBE_BYTES // (4 * per_sample * largest))))
+
+    def output_per_sample(self, batch) -> float:
+        """Output values per sample (its probe's size), from a forward pass."""
+        bundle = self.pert.bundle
+        with torch.no_grad():
+            return bundle.forward(bundle.model, batch).numel() / bundle.batch_size(batch)
 
 
 class GaussNewtonEngine(_OutputProbes):
@@ -105,6 +109,24 @@ class GaussNewtonEngine(_OutputProbes):
     def add_samples(self, b, wb, k, gen, active, sample):
         og = self._graph(b, lambda: OutputGraph(self.pert, wb.batch, active))  # one forward per batch
         norms = og.probe_norms(k, gen, active, keep=self.single_batch)
+        for c, i in enumerate(active):
+            sample[i] += wb.share * norms[:, c]
+        return k
+
+
+class StreamedGaussNewtonEngine(_OutputProbes):
+    """`gn` on a block-streamed model (`ModelBundle.streamed`): each batch's
+    `StreamedOutputGraph` (block inputs stored once) draws the probes `OutputGraph` draws
+    from the same generator, so the samples are the whole model's."""
+
+    name, default_block = "gn_streamed", 8
+
+    def output_per_sample(self, batch) -> float:  # tokens x vocabulary, without a streamed pass
+        return batch["input_ids"].shape[1] * self.pert.bundle.streamed.lm.config.vocab_size
+
+    def add_samples(self, b, wb, k, gen, active, sample):
+        graph = self.pert.bundle.streamed.graph(b)
+        norms = graph.probe_norms(k, gen, [self.pert.names[i] for i in active])
         for c, i in enumerate(active):
             sample[i] += wb.share * norms[:, c]
         return k
@@ -163,6 +185,12 @@ ENGINES: dict[str, type[ProbeEngine]] = {
 def hessian_engine(bundle: ModelBundle, engine: str, mode: str) -> type[ProbeEngine]:
     """The engine for Hessian traces (hawq_v2): `auto` is `gn` for zero-residual bundles
     in exact mode, `hvp` otherwise; the output-space engines need a zero-residual loss."""
+    if bundle.streamed is not None:
+        if engine not in ("auto", "gn") or mode != "exact" or not bundle.zero_residual:
+            raise ValueError(f"a block-streamed model takes hawq_v2 with engine 'auto' or 'gn' in "
+                             f"exact mode on a zero-residual loss (the Gauss–Newton probes), not "
+                             f"engine={engine!r}, mode={mode!r}")
+        return StreamedGaussNewtonEngine
     if engine in ("jvp", "gn", "gn_joint"):
         if not bundle.zero_residual:
             raise ValueError(f"engine={engine!r} needs a bundle whose output loss is "
@@ -177,6 +205,11 @@ def hessian_engine(bundle: ModelBundle, engine: str, mode: str) -> type[ProbeEng
 def gauss_newton_engine(bundle: ModelBundle, engine: str) -> type[ProbeEngine]:
     """The engine for Gauss–Newton traces (fisher), on any bundle with an output loss."""
     bundle.require_output_loss("fisher")
+    if bundle.streamed is not None:
+        if engine == "gn_joint":
+            raise ValueError("a block-streamed model takes fisher's per-sample engine ('auto' or "
+                             "'gn'), not 'gn_joint'")
+        return StreamedGaussNewtonEngine
     return JointGaussNewtonEngine if engine == "gn_joint" else GaussNewtonEngine
 
 

@@ -35,7 +35,8 @@ from sensitivity.data.uploaded import read_tensors, split_rows
 from sensitivity.memory import release_freed_memory
 from sensitivity.models import smollm2
 from sensitivity.models.family import ModelRequest
-from sensitivity.models.lm_loading import load_gguf, load_hf_causal_lm
+from sensitivity.models.hf import load_hf_tokenizer
+from sensitivity.models.lm_loading import gguf_folder, load_hf_causal_lm
 from sensitivity.models.text_data import (
     MAX_TEXT_CALIBRATION,
     MAX_TEXT_EVALUATION,
@@ -47,6 +48,8 @@ from sensitivity.models.text_data import (
 )
 from sensitivity.models.weights import load_strict, read_state_dict
 from sensitivity.output_loss import NextTokenCrossEntropyOutput, TokenDistillationKLOutput
+from sensitivity.streaming.budget import max_memory
+from sensitivity.streaming.budget import plan as streaming_plan
 
 FAMILY = FAMILIES["causal-lm"]
 SEQUENCE_LENGTH = 128
@@ -73,42 +76,63 @@ def claims(config: dict) -> bool:
 
 
 def load(request: ModelRequest) -> ModelBundle:
+    """The bundle of the request's causal LM: the whole fp32 model, or (a folder whose fp32
+    weights do not fit `BITALLOC_MAX_MEMORY`, `sensitivity.streaming.budget`) its
+    block-streamed skeleton."""
     name, source = request.name, request.source
     label = f"model {name!r}"
     facts: dict[str, float | str] = {"source": request.source_note()}
+    uploaded_weights = request.builtin is not None and source is not None  # a state dict on smollm2
     if source is not None and source.kind == "gguf":
-        model, tokenizer, loaded = load_gguf(source.path, label)
+        folder, loaded = gguf_folder(source.path, label)
         facts.update(loaded, source="uploaded GGUF file, dequantized to fp32")
         facts["gguf_file"] = source.path.name  # the file whose values are the reference
-        description = f"uploaded GGUF {type(model).__name__} (dequantized to fp32)"
         salt = loaded["gguf_sha256"]
     elif request.builtin is None:
-        model, tokenizer = _folder(request)
-        description = f"uploaded Hugging Face {source.architecture} model ({type(model).__name__})"
-        salt = hashlib.sha256((source.path / "config.json").read_bytes()).hexdigest()
+        folder = source.path
+        salt = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
     else:
-        model, tokenizer, loaded = load_gguf(smollm2.gguf_path(), label)
+        folder, loaded = gguf_folder(smollm2.gguf_path(), label)
         facts["gguf_conversion"] = loaded["gguf_conversion"]
-        facts["gguf_file"] = smollm2.GGUF_NAME
-        facts["reference_weights"] = smollm2.REFERENCE
-        description = "SmolLM2-135M-Instruct (Llama, 30 blocks), dequantized Q4_1 GGUF"
+        if not uploaded_weights:
+            facts["gguf_file"] = smollm2.GGUF_NAME
+            facts["reference_weights"] = smollm2.REFERENCE
         salt = ""
-        if source is not None:
-            label = f"model {name!r} ({request.builtin.name})"
-            load_strict(model, read_state_dict(source.path, label), label)
-            facts.pop("reference_weights")
-            facts.pop("gguf_file")  # the uploaded weights are the reference, not the file's
-            description = "smollm2-135m architecture (Llama, 30 blocks) with uploaded weights"
+    plan = None if uploaded_weights or max_memory() is None else streaming_plan(folder)
+    if plan is not None and plan.stream:
+        return _streamed(request, folder, plan, facts, salt)
+    if request.builtin is None and source.kind != "gguf":
+        model, tokenizer = _folder(request)
+    else:
+        model, _ = load_hf_causal_lm(folder)
+        tokenizer = load_hf_tokenizer(str(folder))
+    if uploaded_weights:
+        label = f"model {name!r} ({request.builtin.name})"
+        load_strict(model, read_state_dict(source.path, label), label)
     calibration, evaluation, data_facts = _data(request, model, tokenizer)
     facts.update(data_facts)
     quantizer = corpus_quantizer_batches(tokenizer, _max_tokens(model)) if request.data is None else None
     facts.update(quantizer_facts(quantizer, calibration))
-    salt = hashlib.sha256(f"{salt}|{FAMILY.name}|seq={SEQUENCE_LENGTH}|v1".encode()).hexdigest() \
-        if salt else ""
-    bundle = causal_lm_bundle(name, model, calibration, evaluation, description=description,
-                              info=facts, cache_salt=salt, tokenizer=tokenizer)
+    bundle = causal_lm_bundle(name, model, calibration, evaluation, description=_description(request, model),
+                              info=facts, cache_salt=_salt(salt), tokenizer=tokenizer)
     bundle.quantizer_calibration = quantizer
     return bundle
+
+
+def _description(request: ModelRequest, model: nn.Module) -> str:
+    source = request.source
+    if source is not None and source.kind == "gguf":
+        return f"uploaded GGUF {type(model).__name__} (dequantized to fp32)"
+    if request.builtin is None:
+        return f"uploaded Hugging Face {source.architecture} model ({type(model).__name__})"
+    if source is not None:
+        return "smollm2-135m architecture (Llama, 30 blocks) with uploaded weights"
+    return "SmolLM2-135M-Instruct (Llama, 30 blocks), dequantized Q4_1 GGUF"
+
+
+def _salt(salt: str) -> str:
+    return hashlib.sha256(f"{salt}|{FAMILY.name}|seq={SEQUENCE_LENGTH}|v1".encode()).hexdigest() \
+        if salt else ""
 
 
 def _folder(request: ModelRequest):
@@ -119,12 +143,65 @@ def _folder(request: ModelRequest):
         raise ValueError(f"model {name!r}: transformers could not build the uploaded "
                          f"{request.source.architecture} causal language model: {exc}") from None
     check_loading(name, loading)
-    tokenizer = None
-    if request.data is None or request.data.is_text:
-        from sensitivity.models.hf import load_hf_tokenizer
+    return model, _folder_tokenizer(request, folder)
 
-        tokenizer = folder_tokenizer(name, folder, load_hf_tokenizer)
-    return model, tokenizer
+
+def _folder_tokenizer(request: ModelRequest, folder):
+    """An uploaded folder's tokenizer, when the data needs one (texts, or the built-in prose)."""
+    if request.data is not None and not request.data.is_text:
+        return None
+    return folder_tokenizer(request.name, folder, load_hf_tokenizer)
+
+
+def _streamed(request: ModelRequest, folder, plan, facts: dict, salt: str) -> ModelBundle:
+    """The block-streamed bundle (`sensitivity.streaming.model`): the skeleton, the data
+    as the whole model would get it, the targets by one streamed forward pass. Round-to-
+    nearest only, so no quantizer calibration batches."""
+    from sensitivity.streaming.measure import distillation_targets
+    from sensitivity.streaming.model import StreamedModel
+    from sensitivity.streaming.skeleton import StreamedCausalLM
+
+    name = request.name
+    try:
+        lm = StreamedCausalLM(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"model {name!r} is too large for this worker's memory budget "
+                         f"({plan.describe()}) and cannot be block streamed: {exc}") from None
+    expected = [n for n in lm.model.state_dict() if not (lm.tied and n == "lm_head.weight")]
+    check_loading(name, {"missing_keys": [n for n in expected if n not in lm.store]})
+    if request.builtin is None and request.source.kind != "gguf":
+        tokenizer = _folder_tokenizer(request, folder)
+    else:
+        tokenizer = load_hf_tokenizer(str(folder))
+    calibration, evaluation, data_facts = _data(request, lm.model, tokenizer)
+    labelled = all("labels" in b for b in calibration)
+    try:
+        if not labelled:
+            calibration = distillation_targets(lm, calibration)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"model {name!r} fails on its calibration data: "
+                         f"{type(exc).__name__}: {exc}") from None
+    output_loss = NextTokenCrossEntropyOutput() if labelled else TokenDistillationKLOutput()
+    streamed = StreamedModel(lm, calibration, evaluation, output_loss, plan)
+
+    def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
+        if model is not lm.model:
+            raise ValueError("a block-streamed model computes with its own weights only")
+        return streamed.logits(batch)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        if model is not lm.model:
+            raise ValueError("a block-streamed model is evaluated through its StreamedModel")
+        return streamed.quality({})
+
+    return ModelBundle(
+        name=name, model=lm.model, calibration=calibration, forward=forward,
+        loss=lambda m, b: output_loss(forward(m, b), b), output_loss=output_loss, evaluate=evaluate,
+        metrics=FAMILY.metrics, description=_description(request, lm.model) + ", block streamed",
+        info={**lm_facts(lm.model, calibration, evaluation), **facts, **data_facts,
+              "streaming": plan.describe(),
+              "quantizer_calibration": "none: a block-streamed model is rounded to nearest"},
+        cache_salt=_salt(salt), tokenizer=tokenizer, streamed=streamed)
 
 
 def _max_tokens(model: nn.Module) -> int:
@@ -313,16 +390,6 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
             return lm_quality(evaluation, (forward(m, b) for b in evaluation), refs)
 
     output_loss = NextTokenCrossEntropyOutput() if labelled else TokenDistillationKLOutput()
-    facts = {"calibration_sequences": sum(int(b["input_ids"].shape[0]) for b in calibration),
-             "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in calibration),
-             "evaluation_sequences": sum(int(b["input_ids"].shape[0]) for b in evaluation),
-             "evaluation_tokens": sum(int(b["attention_mask"].sum()) for b in evaluation),
-             "evaluation_predicted_tokens": sum(int(_predicted(b).sum()) for b in evaluation),
-             "model_class": type(model).__name__,
-             "blocks": int(getattr(model.config, "num_hidden_layers", 0)
-                           or getattr(model.config, "n_layer", 0)),
-             "parameters": sum(p.numel() for p in model.parameters()),
-             "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False))}
     return ModelBundle(
         name=name,
         model=model,
@@ -333,7 +400,21 @@ def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
         evaluate=evaluate,
         metrics=FAMILY.metrics,
         description=description,
-        info={**facts, **(info or {})},
+        info={**lm_facts(model, calibration, evaluation), **(info or {})},
         cache_salt=cache_salt,
         tokenizer=tokenizer,
     )
+
+
+def lm_facts(model: nn.Module, calibration: Sequence[Batch], evaluation: Sequence[Batch]) -> dict:
+    """What the result reports of a causal LM and its data (tokens, blocks, parameters)."""
+    return {"calibration_sequences": sum(int(b["input_ids"].shape[0]) for b in calibration),
+            "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in calibration),
+            "evaluation_sequences": sum(int(b["input_ids"].shape[0]) for b in evaluation),
+            "evaluation_tokens": sum(int(b["attention_mask"].sum()) for b in evaluation),
+            "evaluation_predicted_tokens": sum(int(_predicted(b).sum()) for b in evaluation),
+            "model_class": type(model).__name__,
+            "blocks": int(getattr(model.config, "num_hidden_layers", 0)
+                          or getattr(model.config, "n_layer", 0)),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False))}

@@ -64,17 +64,22 @@ def file_digest(path: Path) -> str:
 def load_gguf(path: Path, label: str) -> tuple[torch.nn.Module, object, dict[str, str]]:
     """(model, tokenizer, facts) of a GGUF causal LM, dequantized to fp32; the facts say
     where it came from and whether the converted copy was reused."""
+    folder, facts = gguf_folder(path, label)
+    model, _ = load_hf_causal_lm(folder)
+    return model, load_hf_tokenizer(str(folder)), facts
+
+
+def gguf_folder(path: Path, label: str) -> tuple[Path, dict[str, str]]:
+    """(the cached fp32 Hugging Face folder of a GGUF file, facts): converted on first use."""
     check_gguf(path, label)
     digest = file_digest(path)
     folder = cache_dir("gguf") / f"{digest[:32]}-transformers-{_transformers().__version__}"
     reused = (folder / "config.json").is_file()
     if not reused:
         _convert(path, folder, label)
-    model, _ = load_hf_causal_lm(folder)
-    tokenizer = load_hf_tokenizer(str(folder))
-    return model, tokenizer, {"gguf_sha256": digest,
-                              "gguf_conversion": "reused the cached fp32 conversion" if reused
-                              else "dequantized to fp32 and cached"}
+    return folder, {"gguf_sha256": digest,
+                    "gguf_conversion": "reused the cached fp32 conversion" if reused
+                    else "dequantized to fp32 and cached"}
 
 
 def _convert(path: Path, folder: Path, label: str) -> None:

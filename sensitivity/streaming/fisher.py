@@ -1,14 +1,15 @@
-"""Block-streamed `fisher`: Tr(G_ll) by output-space Gauss–Newton probes
-(`StreamedOutputGraph`) and Ω_l(b) = ½ · (Tr/n_l) · ‖ΔW_l(b)‖² with the errors
-computed block by block, so no stage holds more than one block's weights.
+"""Block-streamed Gauss–Newton traces with a fixed probe count, and the RTN errors
+and Ω of `fisher` computed block by block, so no stage holds more than one block's
+weights.
 
-The probe loop: rounds of `block` probes, each round one `probe_norms` call per
-calibration batch from one generator, each batch's samples weighted by its share of
-the calibration samples — the probes `OutputGraph.probe_norms` draws from the same
-generator, so the norms equal the whole-model graph's (tests/streaming). It is not yet
-the whole-model table's stream: `sensitivity.estimators.hutchinson` seeds each shard
-of a round on its own (`sensitivity.shards.shard_seed`) and stops layers on their
-standard error, while every layer gets the same fixed number of probes here.
+A job's `fisher` table on a streamed model runs the whole model's Hutchinson loop
+(`sensitivity.estimators.hutchinson.StreamedGaussNewtonEngine`: the same shards, seeds
+and stopping rule, so the same table) and takes its errors from `streamed_errors`.
+`streamed_fisher_traces` is the bare probe loop bench/scale.py times against the whole
+model: rounds of `block` probes, each round one `probe_norms` call per calibration
+batch from one generator, each batch's samples weighted by its share of the
+calibration samples — the probes `OutputGraph.probe_norms` draws from the same
+generator, so the norms equal the whole-model graph's (tests/streaming).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from sensitivity.memory import release_freed_memory
 from sensitivity.omega import second_order_omega
 from sensitivity.stats import RunningMean
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD, StreamedOutputGraph
-from sensitivity.streaming.hidden import HiddenStates
+from sensitivity.streaming.hidden import HiddenStates, Prefixed
 from sensitivity.streaming.skeleton import StreamedCausalLM
-from sensitivity.table import Choice, SensitivityTable
+from sensitivity.table import Choice
 
 
 @dataclass
@@ -60,7 +61,7 @@ def streamed_fisher_traces(lm: StreamedCausalLM, batches: Sequence[Batch], outpu
             sample = torch.zeros(block, len(names), dtype=torch.float64)
             for b, batch in enumerate(batches):
                 if b not in graphs:  # every block input of every batch, stored once
-                    graphs[b] = StreamedOutputGraph(lm, batch, output_loss, hidden=_Keyed(hidden, b),
+                    graphs[b] = StreamedOutputGraph(lm, batch, output_loss, hidden=Prefixed(hidden, b),
                                                     keep_blocks=keep_blocks)
                 sample += shares[b] * graphs[b].probe_norms(block, gen, names)
                 passes += block
@@ -74,19 +75,6 @@ def streamed_fisher_traces(lm: StreamedCausalLM, batches: Sequence[Batch], outpu
     finally:
         hidden.close()
     return StreamedTraces(stats, passes, time.perf_counter() - start, round_seconds)
-
-
-class _Keyed:
-    """One batch's view of a shared `HiddenStates` (keys prefixed by the batch)."""
-
-    def __init__(self, store: HiddenStates, prefix: int):
-        self.store, self.prefix = store, prefix
-
-    def put(self, key, value):
-        self.store.put((self.prefix, key), value)
-
-    def get(self, key):
-        return self.store.get((self.prefix, key))
 
 
 @torch.no_grad()
@@ -121,27 +109,3 @@ def streamed_fisher_omega(traces: StreamedTraces, errors: dict[str, dict[Choice,
     per_weight = {n: s.mean / sizes[n] for n, s in traces.stats.items()}
     return second_order_omega(per_weight, errors)
 
-
-def streamed_fisher_table(lm: StreamedCausalLM, batches: Sequence[Batch], output_loss: OutputLoss,
-                          names: Sequence[str], choices: Sequence[Choice], scheme: QuantScheme, *,
-                          probes: int, block: int = 8, seed: int = 0, hidden_budget: int | None = None,
-                          progress: Callable[[float, str], None] = lambda f, m: None) -> SensitivityTable:
-    """The `fisher` table (RTN errors) of the streamed model, in the format of
-    `sensitivity.estimators.traces.trace_table`."""
-    if scheme.calibrated:
-        raise ValueError("the streamed fisher table takes round-to-nearest errors; "
-                         f"{scheme.algorithm} needs the per-layer Hessians of the whole-model path")
-    start = time.perf_counter()
-    traces = streamed_fisher_traces(lm, batches, output_loss, names, probes=probes, block=block, seed=seed,
-                                    hidden_budget=hidden_budget, progress=progress)
-    errors = streamed_errors(lm, names, scheme, choices)
-    return SensitivityTable(
-        method="fisher",
-        omega=streamed_fisher_omega(traces, errors, layer_sizes(lm, names)),
-        layer_stats={n: {"trace": s.mean, "trace_se": s.stderr, "rel_error": s.rel_error, "probes": s.n}
-                     for n, s in traces.stats.items()},
-        meta={"params": {"probes": probes, "block": block, "seed": seed}, "engine": "gn",
-              "streamed": True, "backward_passes": traces.backward_passes,
-              "trace_seconds": traces.seconds,
-              "max_rel_error": max((s.rel_error for s in traces.stats.values()), default=0.0),
-              "seconds": time.perf_counter() - start})

@@ -63,3 +63,16 @@ class HiddenStates:
 
     def __del__(self):
         self.close()
+
+
+class Prefixed:
+    """One batch's view of a shared `HiddenStates` (its keys prefixed by the batch)."""
+
+    def __init__(self, store: HiddenStates, prefix: int):
+        self.store, self.prefix = store, prefix
+
+    def put(self, key, value):
+        self.store.put((self.prefix, key), value)
+
+    def get(self, key):
+        return self.store.get((self.prefix, key))

@@ -42,6 +42,10 @@ class SafetensorsStore:
     def names(self) -> list[str]:
         return list(self._file)
 
+    def files(self) -> list[Path]:
+        """The safetensors files holding the tensors."""
+        return sorted(set(self._file.values()))
+
     def __contains__(self, name: str) -> bool:
         return name in self._file
 

@@ -28,12 +28,12 @@ def gpt2(seed: int = 0, layers: int = 2):
     return GPT2LMHeadModel(config).eval()
 
 
-def llama(seed: int = 0, tied: bool = True, hidden: int = 32, intermediate: int = 48):
+def llama(seed: int = 0, tied: bool = True, hidden: int = 32, intermediate: int = 48, blocks: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=2,
+                         num_hidden_layers=blocks,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                          tie_word_embeddings=tied)
     return LlamaForCausalLM(config).eval()

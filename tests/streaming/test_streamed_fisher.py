@@ -5,7 +5,6 @@ per round over several calibration batches (same generator, same shares), the sa
 from __future__ import annotations
 
 import llm_models
-import pytest
 import torch
 
 from kernels.scheme import QuantScheme
@@ -19,7 +18,6 @@ from sensitivity.streaming.fisher import (
     layer_sizes,
     streamed_errors,
     streamed_fisher_omega,
-    streamed_fisher_table,
     streamed_fisher_traces,
 )
 from sensitivity.streaming.skeleton import StreamedCausalLM
@@ -63,19 +61,3 @@ def test_streamed_fisher_table_equals_the_whole_model(tmp_path):
         for c in CHOICES:
             assert abs(got[n][c] - want[n][c]) <= 1e-5 * abs(want[n][c]), (n, c)
 
-
-def test_streamed_fisher_table(tmp_path):
-    folder = llm_models.save_folder(llm_models.qwen2(), tmp_path / "model", with_tokenizer=False)
-    whole, _ = load_hf_causal_lm(folder)
-    bundle = llm_models.bundle(whole)
-    lm = StreamedCausalLM(folder)
-    names = [layer.name for layer in discover_layers(bundle) if layer.used]
-    table = streamed_fisher_table(lm, bundle.calibration, bundle.output_loss, names, CHOICES,
-                                  QuantScheme(group_size=16), probes=4, block=2)
-    assert set(table.omega) == set(names) and table.meta["streamed"]
-    assert all(table.layer_stats[n]["probes"] == 4 and table.layer_stats[n]["trace"] > 0 for n in names)
-    assert all(table.omega[n][(2, 16)] > table.omega[n][(4, 16)] > table.omega[n][(16, 16)] >= 0
-               for n in names)
-    with pytest.raises(ValueError, match="round-to-nearest"):
-        streamed_fisher_table(lm, bundle.calibration, bundle.output_loss, names, CHOICES,
-                              QuantScheme(group_size=16, algorithm="gptq"), probes=2, block=2)

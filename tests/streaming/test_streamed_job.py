@@ -1,0 +1,110 @@
+"""A job on a causal LM whose fp32 weights do not fit the worker's memory budget
+(`BITALLOC_MAX_MEMORY`) runs block streamed end to end, and gives what the same job
+on the whole model gives: the layers, the table, the allocation, the quality and the
+packed artifact. What a streamed model cannot do yet fails before any work."""
+
+from __future__ import annotations
+
+import llm_models
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from kernels.artifact import WEIGHTS_FILE, load_artifact, read_metadata
+from sensitivity.sources import DataSource, ModelSource
+from sensitivity.streaming.budget import ENV, plan
+from workers.pipeline import JobError, run_job
+from workers.spec import JobSpec
+
+BLOCKS = 8  # enough blocks that one block's work is well under the whole model's
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    model = llm_models.llama(seed=3, tied=False, blocks=BLOCKS)
+    return llm_models.save_folder(model, tmp_path_factory.mktemp("llama8"), with_tokenizer=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ids") / "ids.safetensors"
+    ids = torch.randint(0, llm_models.VOCAB, (8, 16), generator=torch.Generator().manual_seed(1))
+    save_file({"inputs": ids}, str(path))
+    return DataSource("ids", "safetensors", path)
+
+
+@pytest.fixture
+def streamed_budget(folder, monkeypatch):
+    """A budget between the streamed path's need and the whole model's."""
+    p = plan(folder, budget=2**50)
+    assert p.streamed_bytes < p.whole_model_bytes
+    monkeypatch.setenv(ENV, str((p.streamed_bytes + p.whole_model_bytes) // 2))
+    assert plan(folder).stream
+
+
+def _job(folder, data, tmp_path, name, **spec):
+    spec = JobSpec(model="llama8", budgets={"avg_bits": 5}, weight_bits=[3, 4, 8, 16], pareto_points=0,
+                   **spec)
+    return run_job(spec, artifact_dir=tmp_path / name,
+                   model_source=ModelSource("llama8", "hf", "llama", folder), data_source=data)
+
+
+def _same_job(whole, streamed):
+    assert [(r.name, r.macs, r.params) for r in streamed.layers] == \
+        [(r.name, r.macs, r.params) for r in whole.layers]
+    assert {r.name: r.w_bits for r in streamed.layers} == {r.name: r.w_bits for r in whole.layers}
+    for a, b in zip(whole.layers, streamed.layers):
+        assert b.omega_by_bits == pytest.approx(a.omega_by_bits, rel=1e-4, abs=1e-12)
+    for which in ("full_precision", "allocation", "uniform"):
+        assert getattr(streamed.quality, which) == pytest.approx(getattr(whole.quality, which), rel=1e-5)
+    assert streamed.summary == whole.summary
+
+
+@pytest.mark.parametrize("method", ["fisher", "empirical"])
+def test_a_job_over_the_memory_budget_streams_and_equals_the_whole_model(folder, data, tmp_path,
+                                                                          monkeypatch, method):
+    params = {"max_probes": 16} if method == "fisher" else {}
+    monkeypatch.delenv(ENV, raising=False)
+    whole = _job(folder, data, tmp_path, "whole", method=method, method_params=params)
+    p = plan(folder, budget=2**50)
+    monkeypatch.setenv(ENV, str((p.streamed_bytes + p.whole_model_bytes) // 2))
+    streamed = _job(folder, data, tmp_path, "streamed", method=method, method_params=params)
+
+    assert streamed.sensitivity["streamed"] and not whole.sensitivity["streamed"]
+    assert "block streamed" in streamed.model["streaming"]
+    assert streamed.model["description"].endswith("block streamed")
+    assert set(streamed.peak_rss_mb) == {"load", "layers", "sensitivity", "solve", "evaluate", "artifact"}
+    _same_job(whole, streamed)
+    if method == "fisher":  # the same probe shards, stopped at the same counts
+        assert [r.stats["probes"] for r in streamed.layers] == [r.stats["probes"] for r in whole.layers]
+        assert streamed.sensitivity["engine"] == "gn_streamed"
+
+    # the artifact: packed block by block, the same tensors, and it loads
+    a, b = (load_file(str(tmp_path / n / WEIGHTS_FILE)) for n in ("whole", "streamed"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert read_metadata(tmp_path / "streamed")["layers"] == read_metadata(tmp_path / "whole")["layers"]
+    ids = torch.randint(0, llm_models.VOCAB, (1, 10), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        za = load_artifact(tmp_path / "whole")(input_ids=ids).logits
+        zb = load_artifact(tmp_path / "streamed")(input_ids=ids).logits
+    assert torch.allclose(za, zb)
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ({"method": "hawq_v1"}, "needs the whole model in memory"),
+    ({"method": "lrp"}, "needs the whole model in memory"),
+    ({"method": "fisher", "quant": {"algorithm": "gptq"}}, "quantizer 'gptq' is not streamed"),
+    ({"method": "fisher", "export": "gptq"}, "export 'gptq' is written from the whole model"),
+])
+def test_what_a_streamed_job_cannot_do_fails_before_the_work(folder, data, tmp_path, streamed_budget,
+                                                              spec, reason):
+    with pytest.raises(JobError, match=reason):
+        _job(folder, data, tmp_path, "refused", **spec)
+
+
+def test_a_budget_too_small_even_to_stream_fails_with_the_need(folder, data, tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV, "100MiB")
+    with pytest.raises(ValueError, match="even block streamed this model needs"):
+        _job(folder, data, tmp_path, "small", method="fisher")
