@@ -54,11 +54,13 @@ PACKING = ("codes packed along K into int32 words, K padded to a multiple of 32;
 
 def save_artifact(model: nn.Module, configs: Mapping[str, QuantConfig],
                   directory: str | os.PathLike, allocation_json: dict,
-                  quantized: Mapping[str, QuantizedWeight] | None = None) -> Path:
+                  quantized: Mapping[str, QuantizedWeight] | None = None,
+                  packed: nn.Module | None = None) -> Path:
     """Pack `model` with `configs` (see `kernels.apply.apply_allocation`; `quantized`:
     codes the job's quantizer chose, packed as they are) and write the artifact into
-    `directory` (created if missing). Returns the directory."""
-    packed = apply_allocation(model, configs, quantized)
+    `directory` (created if missing). Returns the directory. `packed`: the model already
+    packed with `configs` (a block-streamed model is packed as its blocks are read)."""
+    packed = packed if packed is not None else apply_allocation(model, configs, quantized)
     modules = dict(packed.named_modules())
     layers = {name: _layer_record(modules[name], cfg, sorted(shared_users(model, name)))
               for name, cfg in configs.items()}

@@ -294,8 +294,9 @@ def write_artifact(bundle: ModelBundle, spec: JobSpec, result: JobResult, direct
     if a_bits:  # each quantized input's bits, mode, symmetry and (static) scale and zero point
         allocation["activations"] = weights.activations.records(a_bits)
     if bundle.streamed is not None:  # bitalloc's artifact (check_streamed), packed block by block
-        with bundle.streamed.packed_blocks(configs) as packed_blocks:
-            return write_export(spec.export, packed_blocks, configs, directory, allocation)
+        from kernels.artifact import save_artifact
+
+        return save_artifact(model, configs, directory, allocation, packed=bundle.streamed.packed(configs))
     return write_export(spec.export, model, configs, directory, allocation,
                         tokenizer=bundle.tokenizer, quantized=quantized,
                         gguf_source=bundle.info.get("gguf_file"))

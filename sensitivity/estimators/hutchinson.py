@@ -94,7 +94,11 @@ class _OutputProbes(ProbeEngine):
         bundle = self.pert.bundle
         per_sample = self.output_per_sample(batches[0].batch)
         largest = max(bundle.batch_size(wb.batch) for wb in batches)
-        return max(1, min(self.default_block, int(PROBE_BYTES // (4 * per_sample * largest))))
+        return max(1, min(self.default_block, int(self.probe_bytes() // (4 * per_sample * largest))))
+
+    def probe_bytes(self) -> int:
+        """The bytes one batch's probes may take."""
+        return PROBE_BYTES
 
     def output_per_sample(self, batch) -> float:
         """Output values per sample (its probe's size), from a forward pass."""
@@ -123,6 +127,13 @@ class StreamedGaussNewtonEngine(_OutputProbes):
 
     def output_per_sample(self, batch) -> float:  # tokens x vocabulary, without a streamed pass
         return batch["input_ids"].shape[1] * self.pert.bundle.streamed.lm.config.vocab_size
+
+    def probe_bytes(self) -> int:
+        """Under a memory budget, at most a quarter of what its plan leaves for hidden states
+        (the probes and, for a tied head, their output gradient as much again; a smaller
+        block draws another probe stream, so the table is then not the whole model's)."""
+        left = self.pert.bundle.streamed.plan.hidden_budget
+        return PROBE_BYTES if left is None else max(1, min(PROBE_BYTES, left // 4))
 
     def add_samples(self, b, wb, k, gen, active, sample):
         graph = self.pert.bundle.streamed.graph(b)

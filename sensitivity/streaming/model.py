@@ -13,7 +13,7 @@ budget. The stages then reach the block-streamed computations through it:
 - `empirical` measures with `losses` (`StreamedLosses`);
 - ‖ΔW_l(b)‖² come block by block (`errors`);
 - quality of an allocation is `quality(configs)` (`StreamedEvaluation`);
-- the bitalloc artifact is packed block by block (`packed_blocks`).
+- the bitalloc artifact is packed block by block (`packed`).
 
 Round-to-nearest only: GPTQ / AdaQuant's streamed pass (`streaming.gptq`) is not yet
 wired to a job's quantized weights.
@@ -21,9 +21,8 @@ wired to a job's quantized weights.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -107,23 +106,25 @@ class StreamedModel:
                     h.update(chunk)
         return h.hexdigest()
 
-    @contextlib.contextmanager
-    def packed_blocks(self, configs: Mapping[str, QuantConfig]) -> Iterator[nn.Module]:
-        """The skeleton with every decoder block packed with its layers' `configs`
-        (`kernels.apply.apply_allocation`), one block read at a time, so the peak is the
-        packed blocks and one fp32 block. `apply_allocation` keeps packed layers as they
-        are, so the model inside packs the resident layers and writes like a whole one."""
+    def packed(self, configs: Mapping[str, QuantConfig]) -> nn.Module:
+        """The model packed with `configs` (`kernels.apply.apply_allocation`), one block
+        read at a time: each block is packed as it is read and only its packed copy is
+        kept, so the peak is the packed blocks, the resident layers twice and one fp32
+        block. The skeleton is left as it was."""
         from kernels.apply import apply_allocation
 
         lm = self.lm
-        packed = []
+        packed_blocks = []
         for i in range(len(lm)):
             prefix = f"{BLOCKS}.{i}."
             local = {n[len(prefix):]: c for n, c in configs.items() if n.startswith(prefix)}
             with lm.block(i) as block:
-                packed.append(apply_allocation(block, local))
-        blocks, lm.decoder.layers = lm.decoder.layers, nn.ModuleList(packed)
-        try:
-            yield lm.model
+                packed_blocks.append(apply_allocation(block, local))
+        resident = {n: c for n, c in configs.items() if lm.block_of(n) is None}
+        blocks, lm.decoder.layers = lm.decoder.layers, nn.ModuleList()
+        try:  # a copy of the resident part only, not of the packed blocks
+            model = apply_allocation(lm.model, resident)
         finally:
             lm.decoder.layers = blocks
+        model.set_submodule(BLOCKS, nn.ModuleList(packed_blocks))
+        return model
