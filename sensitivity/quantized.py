@@ -126,22 +126,31 @@ class QuantizedWeights:
 
     # --- per layer, per width (full-precision inputs) ----------------------------
 
-    def __call__(self, name: str, choice: Choice) -> torch.Tensor:
-        """Q_b(W_l) in the module's storage layout and dtype (16 bits: its fp16 storage)."""
+    def __call__(self, name: str, choice: Choice, keep: bool = True) -> torch.Tensor:
+        """Q_b(W_l) in the module's storage layout and dtype (16 bits: its fp16 storage).
+
+        With `keep=False` a weight not kept yet is computed and returned without being
+        kept (a pass over every layer and width, such as `interlayer`'s pair terms, then
+        holds one at a time, not the whole model at every width); one already kept is
+        returned as it is. The values are the same either way; a calibrated
+        algorithm's codes (`quantized`) are kept in both cases."""
         key = (name, choice)
-        if key not in self._weights:
+        weight = self._weights.get(key)
+        if weight is None:
             module = self.modules[name]
             config = self.scheme.for_choice(choice)
             if config.quantized and self.calibrated(name):
                 w = self.quantized(name, config.bits).dequantize(module.weight.dtype)
-                self._weights[key] = from_quantizer_view(module, w)
+                weight = from_quantizer_view(module, w)
             else:
-                self._weights[key] = fake_quantize_weight(module, config)
-        return self._weights[key]
+                weight = fake_quantize_weight(module, config)
+            if keep:
+                self._weights[key] = weight
+        return weight
 
-    def delta(self, name: str, choice: Choice) -> torch.Tensor:
-        """ΔW_l(b) = Q_b(W_l) − W_l, in the storage layout."""
-        return self(name, choice) - self.modules[name].weight.detach()
+    def delta(self, name: str, choice: Choice, keep: bool = True) -> torch.Tensor:
+        """ΔW_l(b) = Q_b(W_l) − W_l, in the storage layout (`keep` as in `__call__`)."""
+        return self(name, choice, keep) - self.modules[name].weight.detach()
 
     def error(self, name: str, choice: Choice) -> float:
         """‖ΔW_l(b)‖² (float64 accumulation)."""

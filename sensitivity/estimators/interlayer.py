@@ -65,11 +65,26 @@ def estimate(ctx: EstimatorContext, config: InterlayerConfig) -> SensitivityTabl
 
 
 def hessian_pairs(ctx: EstimatorContext, window: int) -> tuple[Pairs, int]:
+    """P_ij(c_i, c_j) for every pair within `window`, and the HVPs taken.
+
+    Memory is bounded by the window, not the model: ΔW_l(c) is made for the layers
+    j − window … j of the current j only (each layer's once, held while it is j or one
+    of j's targets, then dropped), and not kept by the quantized-weights provider.
+    With several calibration batches each (j, batch) graph is built for j and its
+    targets only (the other layers unperturbed, so the backward pass stops below the
+    lowest of them and takes no other layer's gradient); the one graph of a single
+    batch is kept for every j and covers every layer."""
     names, choices = ctx.names, ctx.choices
     pert = Perturbation(ctx.bundle, names)
     qw = ctx.weights
     quantized = list(choices)
-    deltas = {(i, c): pert.restrict(i, qw.delta(n, c)) for i, n in enumerate(names) for c in quantized}
+    near: dict[int, dict[Choice, torch.Tensor]] = {}  # layer -> ΔW_l(c) in δ space, l in j - window … j
+
+    def deltas_of(i: int) -> dict[Choice, torch.Tensor]:
+        if i not in near:
+            near[i] = {c: pert.restrict(i, qw.delta(names[i], c, keep=False)) for c in quantized}
+        return near[i]
+
     pairs = {(names[i], names[j]): {(ca, cb): 0.0 for ca in choices for cb in choices}
              for i, j in neighbour_pairs(len(names), window)}
     hvps = 0
@@ -77,15 +92,23 @@ def hessian_pairs(ctx: EstimatorContext, window: int) -> tuple[Pairs, int]:
     with frozen(ctx.bundle.model):
         for j in range(1, len(names)):
             targets = list(range(max(0, j - window), j))
+            for i in [i for i in near if i < targets[0]]:
+                del near[i]
+            dj = deltas_of(j)
+            di = {i: deltas_of(i) for i in targets}
             for wb in ctx.batches:
-                graph = graph if ctx.single_batch and graph is not None else LossGraph(pert, wb.batch)
+                if not ctx.single_batch:
+                    graph = None  # the last one freed before the next is built
+                    graph = LossGraph(pert, wb.batch, only=[*targets, j])
+                elif graph is None:
+                    graph = LossGraph(pert, wb.batch)
                 for cj in quantized:
                     vs = [None] * len(names)
-                    vs[j] = deltas[(j, cj)]
+                    vs[j] = dj[cj]
                     for i, h in zip(targets, graph.hvp(vs, targets)):
                         h = h.double()
                         for ci in quantized:
-                            val = float((deltas[(i, ci)].double() * h).sum())
+                            val = float((di[i][ci].double() * h).sum())
                             pairs[(names[i], names[j])][(ci, cj)] += wb.share * val
                     hvps += 1
             ctx.progress(j / (len(names) - 1), f"pair terms of {names[j]}: {hvps} HVPs")
