@@ -448,8 +448,10 @@ def main() -> None:
             results[key] = {"stage": stage, "failed": True, "returncode": proc.returncode,
                             "error": tail[0][-300:] if tail else "", "budget": args.budget,
                             "seconds": round(time.perf_counter() - t0, 1)}
+            log = Path(args.out).with_suffix(f".{stage}.stderr")
+            log.write_text(proc.stderr)
             print(f"{key}: failed (exit {proc.returncode}) after {time.perf_counter() - t0:.0f} s: "
-                  f"{results[key]['error']}", flush=True)
+                  f"{results[key]['error']} (its stderr: {log})", flush=True)
             continue
         results[key] = json.loads(result_file.read_text())
         result_file.unlink()

@@ -103,12 +103,14 @@ def attach_input_quantizers(model: nn.Module,
 @torch.no_grad()
 def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig],
                      quantized: Mapping[str, QuantizedWeight] | None = None,
-                     activations: Mapping[str, ActivationQuantizer] | None = None) -> nn.Module:
+                     activations: Mapping[str, ActivationQuantizer] | None = None,
+                     inplace: bool = False) -> nn.Module:
     """A copy of `model` with each layer named in `configs` packed at its config's width:
     the codes in `quantized` where it has the layer (the job's quantizer chose them),
     otherwise rounded to nearest; `activations`: input quantizers of layers at a_bits < 16
     (`attach_input_quantizers`: packed linear layers compute in integers).
 
+    `inplace`: pack `model` itself, no copy (for a caller that made its own).
     Layers already packed with the same config are kept (applying twice is harmless);
     raises ValueError for unknown names, non-quantizable modules, a packed layer
     whose config differs, or two entries for one shared weight."""
@@ -133,7 +135,7 @@ def apply_allocation(model: nn.Module, configs: Mapping[str, QuantConfig],
         if twice:
             raise ValueError(f"{name} shares its weight with {', '.join(twice)}: a shared weight "
                              "is one layer, allocate it once")
-    packed = copy.deepcopy(model)
+    packed = model if inplace else copy.deepcopy(model)
     for name, config in configs.items():
         module = packed.get_submodule(name)
         if isinstance(module, PACKED_TYPES):

@@ -54,6 +54,9 @@ def plane_offsets(length: int, bits: int) -> tuple[int, ...]:
     return tuple(offsets)
 
 
+PACK_CHUNK = 1 << 22  # codes packed at once (a 32,000 x 2,048 embedding: 16 chunks of 16 MB int32)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack (length, columns) integer codes in [0, 2^bits) into
     (padded_length * bits / 32, columns) int32 words along dim 0."""
@@ -65,6 +68,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     length, columns = codes.shape
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 1 << bits):
         raise ValueError(f"codes must lie in [0, {(1 << bits) - 1}] for {bits} bits")
+    step = max(1, PACK_CHUNK // max(length, 1))
+    if columns > step:  # columns pack independently: a chunk at a time bounds the int32 temporaries
+        return torch.cat([pack_codes(codes[:, i:i + step], bits) for i in range(0, columns, step)], 1)
     c = codes.to(torch.int32).contiguous()
     pad = padded_length(length) - length
     if pad:

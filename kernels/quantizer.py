@@ -11,6 +11,7 @@ the packed kernels compute.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -76,10 +77,25 @@ def sixteen_bit_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
 
 
+ERROR_BLOCK_ELEMENTS = 1 << 22  # weights per block of rows in `fake_quantize` and `quantization_error`
+
+
 def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     """Q_b(W): quantize then dequantize, same shape and dtype as `weight`. At 16 bits
     the weight is rounded to its 16-bit storage dtype, as the artifact stores it. On the
-    gguf grid: the weight through its GGUF type (`kernels.gguf_quants`; 16 bits is F16)."""
+    gguf grid: the weight through its GGUF type (`kernels.gguf_quants`; 16 bits is F16).
+    Rows are quantized independently, so a large matrix goes in blocks of rows (the
+    temporaries of a block, not of the matrix)."""
+    step = max(1, ERROR_BLOCK_ELEMENTS // max(math.prod(weight.shape[1:]), 1))
+    if weight.dim() == 2 and weight.shape[0] > step:
+        out = torch.empty_like(weight)
+        for r in range(0, weight.shape[0], step):
+            out[r:r + step] = _fake_quantize(weight[r:r + step], config)
+        return out
+    return _fake_quantize(weight, config)
+
+
+def _fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     if config.grid == "gguf":
         from kernels.gguf_quants import fake_quantize as gguf_fake_quantize
 
@@ -89,7 +105,6 @@ def fake_quantize(weight: torch.Tensor, config: QuantConfig) -> torch.Tensor:
     return quantize(weight, config).dequantize(weight.dtype)
 
 
-ERROR_BLOCK_ELEMENTS = 1 << 22  # weights per block of rows in `quantization_error`
 
 
 def quantization_error(weight: torch.Tensor, config: QuantConfig) -> float:

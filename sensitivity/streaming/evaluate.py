@@ -5,7 +5,8 @@ fake-quantized, one block resident.
 
 Every batch's hidden state goes through block i before block i+1 is read, so each
 block is read once per evaluation; the quantized weights replace the materialized
-block's own (it is released, and re-read in full precision next time). The
+block's own (it is released, and re-read in full precision next time); the resident
+embedding and head are quantized in place and read back from the store after. The
 full-precision reference is computed the same way and kept as fp16 log-probabilities,
 as the family keeps it.
 """
@@ -19,7 +20,6 @@ import torch
 from kernels.fake_quant import fake_quantize_weight
 from kernels.scheme import QuantConfig
 from sensitivity.bundle import Batch
-from sensitivity.measure import replaced_weights
 from sensitivity.models.causal_lm import lm_quality, reference_of
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD
 from sensitivity.streaming.hidden import HiddenStates
@@ -36,22 +36,26 @@ def streamed_logits(lm: StreamedCausalLM, batches: Sequence[Batch],
     if unknown or (lm.tied and HEAD in configs):
         raise ValueError(f"not layers of the streamed model: {', '.join(unknown or [HEAD])}")
     resident = {EMBEDDING: lm.decoder.embed_tokens, HEAD: lm.model.lm_head}
-    swapped = {n: fake_quantize_weight(resident[n], c) for n, c in configs.items() if n in resident}
     store = hidden if hidden is not None else HiddenStates()
+    changed = []
     try:
-        with replaced_weights(lm.model, swapped):  # a tied head follows its embedding
-            calls = [lm.block_calls(b) for b in batches]
-            for b, call in enumerate(calls):
-                store.put(b, call.embeddings)
-            for i in range(len(lm)):
-                with lm.block(i):
-                    for name, module in lm.block_names(i).items():
-                        if name in configs:
-                            module.weight.copy_(fake_quantize_weight(module, configs[name]))
-                    for b, call in enumerate(calls):
-                        store.put(b, lm.run_block(i, store.get(b), call))
-            return [lm.head(store.get(b)) for b in range(len(batches))]
+        for name in (n for n in configs if n in resident):  # in place (a tied head follows)
+            changed.append(name)
+            resident[name].weight.copy_(fake_quantize_weight(resident[name], configs[name]))
+        calls = [lm.block_calls(b) for b in batches]
+        for b, call in enumerate(calls):
+            store.put(b, call.embeddings)
+        for i in range(len(lm)):
+            with lm.block(i):
+                for name, module in lm.block_names(i).items():
+                    if name in configs:
+                        module.weight.copy_(fake_quantize_weight(module, configs[name]))
+                for b, call in enumerate(calls):
+                    store.put(b, lm.run_block(i, store.get(b), call))
+        return [lm.head(store.get(b)) for b in range(len(batches))]
     finally:
+        for name in changed:  # the stored values back: no second copy of a resident matrix
+            lm.reload(name)
         store.close()
 
 

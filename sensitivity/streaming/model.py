@@ -21,6 +21,7 @@ wired to a job's quantized weights.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping, Sequence
 
@@ -109,8 +110,9 @@ class StreamedModel:
     def packed(self, configs: Mapping[str, QuantConfig]) -> nn.Module:
         """The model packed with `configs` (`kernels.apply.apply_allocation`), one block
         read at a time: each block is packed as it is read and only its packed copy is
-        kept, so the peak is the packed blocks, the resident layers twice and one fp32
-        block. The skeleton is left as it was."""
+        kept; the resident layers are packed from the skeleton's own tensors (copied only
+        for a 16-bit one, whose storage rounding would change them), so the peak is the
+        packed blocks, the resident layers and one fp32 block. The skeleton is left as it was."""
         from kernels.apply import apply_allocation
 
         lm = self.lm
@@ -121,10 +123,12 @@ class StreamedModel:
             with lm.block(i) as block:
                 packed_blocks.append(apply_allocation(block, local))
         resident = {n: c for n, c in configs.items() if lm.block_of(n) is None}
+        shared = {id(p): p for n, c in resident.items() if c.quantized
+                  for p in lm.model.get_submodule(n).parameters()}  # packing only reads them
         blocks, lm.decoder.layers = lm.decoder.layers, nn.ModuleList()
-        try:  # a copy of the resident part only, not of the packed blocks
-            model = apply_allocation(lm.model, resident)
+        try:
+            model = copy.deepcopy(lm.model, shared)
         finally:
             lm.decoder.layers = blocks
         model.set_submodule(BLOCKS, nn.ModuleList(packed_blocks))
-        return model
+        return apply_allocation(model, resident, inplace=True)

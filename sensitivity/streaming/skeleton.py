@@ -132,6 +132,13 @@ class StreamedCausalLM:
             if buf.is_meta:
                 raise ValueError(f"{prefix + name}: a buffer block streaming cannot rebuild")
 
+    @torch.no_grad()
+    def reload(self, name: str) -> None:
+        """A resident layer's stored weight back into its parameter, in place (a tied
+        head sees it too)."""
+        weight = self.model.get_submodule(name).weight
+        weight.copy_(self.store.read(f"{name}.weight", torch.float32))
+
     def materialize(self, i: int) -> nn.Module:
         """Block i with its weights read from the store (a no-op when it already has them)."""
         if i not in self._resident:

@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels import packing
 from kernels.packing import (
     PACKABLE_BITS,
     pack_codes,
@@ -29,6 +30,14 @@ def test_round_trip_is_exact(bits, length, columns, seed):
     assert packed.dtype == torch.int32
     assert packed.shape == (packed_rows(length, bits), columns)
     assert torch.equal(unpack_codes(packed, bits, length), codes)
+
+
+@pytest.mark.parametrize("bits", PACKABLE_BITS)
+def test_packing_in_column_chunks_gives_the_same_words(bits, monkeypatch):
+    codes = random_codes(70, 23, bits, seed=bits)
+    whole = pack_codes(codes, bits)
+    monkeypatch.setattr(packing, "PACK_CHUNK", 70 * 4)  # chunks of 4 columns, the last of 3
+    assert torch.equal(pack_codes(codes, bits), whole)
 
 
 @settings(max_examples=30, deadline=None)

@@ -111,3 +111,14 @@ def test_sixteen_bits_is_left_alone_and_bad_configs_raise():
         QuantConfig(7)
     with pytest.raises(ValueError, match="group_size"):
         QuantConfig(4, 0)
+
+
+@pytest.mark.parametrize("config", [QuantConfig(3, 32), QuantConfig(4, 64, symmetric=True, mse_clip=True),
+                                    QuantConfig(16), QuantConfig(4, 32, grid="gguf")])
+def test_a_matrix_fake_quantized_in_blocks_of_rows_is_the_whole_one(config, monkeypatch):
+    from kernels import quantizer
+
+    w = torch.randn(37, 256, generator=torch.Generator().manual_seed(5))
+    whole = fake_quantize(w, config)
+    monkeypatch.setattr(quantizer, "ERROR_BLOCK_ELEMENTS", 5 * 256)  # blocks of 5 rows, the last of 2
+    assert torch.equal(fake_quantize(w, config), whole)

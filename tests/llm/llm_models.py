@@ -84,6 +84,18 @@ def token_batches(n: int, length: int, batch: int, seed: int = 0, pad_last: int 
             for i in range(0, n, batch)]
 
 
+def token_dataset(folder: Path, rows: int, length: int, seed: int = 0):
+    """An uploaded token dataset (`inputs`: random ids) written into `folder`."""
+    from safetensors.torch import save_file
+
+    from sensitivity.sources import DataSource
+
+    path = folder / "ids.safetensors"
+    ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
+    save_file({"inputs": ids}, str(path))
+    return DataSource("ids", "safetensors", path)
+
+
 def bundle(model, name: str = "tiny-lm", calibration=None, evaluation=None):
     calibration = calibration or token_batches(4, 12, 2, seed=1, pad_last=3)
     evaluation = evaluation or token_batches(4, 12, 2, seed=2, pad_last=2)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import llm_models
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from sensitivity.sources import DataSource, ModelSource
+from sensitivity.sources import ModelSource
 from workers.pipeline import run_job
 from workers.spec import JobSpec
 
@@ -21,10 +19,7 @@ def llama_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def token_data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ids") / "ids.safetensors"
-    ids = torch.randint(0, llm_models.VOCAB, (6, 24), generator=torch.Generator().manual_seed(0))
-    save_file({"inputs": ids}, str(path))
-    return DataSource("ids", "safetensors", path)
+    return llm_models.token_dataset(tmp_path_factory.mktemp("ids"), 6, 24, seed=0)
 
 
 @pytest.mark.parametrize("method", ["fisher", "empirical"])

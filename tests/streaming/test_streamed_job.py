@@ -8,10 +8,10 @@ from __future__ import annotations
 import llm_models
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kernels.artifact import WEIGHTS_FILE, load_artifact, read_metadata
-from sensitivity.sources import DataSource, ModelSource
+from sensitivity.sources import ModelSource
 from sensitivity.streaming.budget import ENV, plan
 from workers.pipeline import JobError, run_job
 from workers.spec import JobSpec
@@ -27,10 +27,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ids") / "ids.safetensors"
-    ids = torch.randint(0, llm_models.VOCAB, (8, 16), generator=torch.Generator().manual_seed(1))
-    save_file({"inputs": ids}, str(path))
-    return DataSource("ids", "safetensors", path)
+    return llm_models.token_dataset(tmp_path_factory.mktemp("ids"), 8, 16, seed=1)
 
 
 @pytest.fixture
