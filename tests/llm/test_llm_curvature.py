@@ -101,3 +101,43 @@ def test_output_probe_block_fits_the_probe_memory(monkeypatch):
     assert engine.block(batches) == 3
     monkeypatch.setattr(hutchinson, "PROBE_BYTES", 1)
     assert engine.block(batches) == 1
+
+
+def _whole_token_probes(logits, weight, k, gen):
+    """The token probes drawn with whole-tensor softmax, square root and signs (before
+    they were drawn a slice of positions at a time)."""
+    import torch.nn.functional as F
+
+    p = F.softmax(logits.detach().float(), -1).to(logits.dtype)
+    sp = p.sqrt()
+    scale = weight.sqrt().unsqueeze(-1).to(logits.dtype)
+    out = torch.empty((k, *logits.shape), dtype=logits.dtype)
+    r = torch.empty(logits.shape, dtype=logits.dtype)
+    for j in range(k):
+        r.random_(0, 2, generator=gen).mul_(2).sub_(1)
+        r.mul_(sp)
+        torch.mul(p, r.sum(-1, keepdim=True), out=out[j])
+        torch.sub(r, out[j], out=out[j])
+        out[j].mul_(scale)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 17, 300), (1, 33, 40000), (3, 1, 50), (1, 16, 64)])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_probes_in_slices_are_the_whole_tensor_ones(shape, threads, dtype):
+    from sensitivity.output_loss import _position_weights, _token_probes
+
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(shape, dtype=dtype)
+    mask = torch.ones(shape[:2], dtype=torch.long)
+    mask[-1, shape[1] // 2:] = 0
+    weight = _position_weights(mask)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = _token_probes(logits, weight, 3, torch.Generator().manual_seed(7))
+        want = _whole_token_probes(logits, weight, 3, torch.Generator().manual_seed(7))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, want)
