@@ -394,7 +394,8 @@ def improve(c: Compiled, assign: np.ndarray, *, passes: int = 4) -> np.ndarray:
             np.add.at(delta, pv, blocks[edges, au, :] - now)
         dcost = costs - costs[:, units, assign][:, :, None]
         slack = c.rhs[active] - costs[:, units, assign].sum(axis=1)
-        weight = (np.maximum(dcost, 0.0) / np.maximum(slack, 1e-300)[:, None, None]).sum(axis=0)
+        with np.errstate(over="ignore"):  # no slack left: an upgrade that costs is infinitely dear
+            weight = (np.maximum(dcost, 0.0) / np.maximum(slack, 1e-300)[:, None, None]).sum(axis=0)
         with np.errstate(invalid="ignore"):
             better = delta < -1e-15 * (1.0 + np.abs(c.omega))
         # only moves that fit the slack now can fit later (slack only shrinks, bar rare
