@@ -140,11 +140,12 @@ class StreamedGaussNewtonEngine(_OutputProbes):
         return batch["input_ids"].shape[1] * self.pert.bundle.streamed.lm.config.vocab_size
 
     def probe_bytes(self) -> int:
-        """Under a memory budget, at most a quarter of what its plan leaves for hidden states
-        (the probes and, for a tied head, their output gradient as much again; a smaller
-        block draws another probe stream, so the table is then not the whole model's)."""
+        """Under a memory budget, at most half of what its plan leaves for hidden states
+        (the probes and, for a tied head, their output gradient as much again). Only a
+        tight budget lowers the block: a smaller block draws another probe stream, so
+        the table is then not the whole model's."""
         left = self.pert.bundle.streamed.plan.hidden_budget
-        return PROBE_BYTES if left is None else max(1, min(PROBE_BYTES, left // 4))
+        return PROBE_BYTES if left is None else max(1, min(PROBE_BYTES, left // 2))
 
     def add_samples(self, b, wb, k, gen, active, sample):
         graph = self.pert.bundle.streamed.graph(b)
