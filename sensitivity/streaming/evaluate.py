@@ -13,7 +13,8 @@ as the family keeps it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -26,48 +27,60 @@ from sensitivity.streaming.hidden import HiddenStates
 from sensitivity.streaming.skeleton import StreamedCausalLM
 
 
+@contextlib.contextmanager
+def _last_hidden(lm: StreamedCausalLM, batches: Sequence[Batch], configs: Mapping[str, QuantConfig],
+                 hidden: HiddenStates) -> Iterator[HiddenStates]:
+    """Each batch's last hidden state (key: the batch's index) with the layers in `configs`
+    at Q(W) (round-to-nearest); the quantized resident layers stay so inside, for the head."""
+    configs = dict(configs)
+    unknown = [n for n in configs if n not in (EMBEDDING, HEAD) and lm.block_of(n) is None]
+    if unknown or (lm.tied and HEAD in configs):
+        raise ValueError(f"not layers of the streamed model: {', '.join(unknown or [HEAD])}")
+    resident = {EMBEDDING: lm.decoder.embed_tokens, HEAD: lm.model.lm_head}
+    changed = []
+    try:
+        with torch.no_grad():
+            for name in (n for n in configs if n in resident):  # in place (a tied head follows)
+                changed.append(name)
+                resident[name].weight.copy_(fake_quantize_weight(resident[name], configs[name]))
+            calls = [lm.block_calls(b) for b in batches]
+            for b, call in enumerate(calls):
+                hidden.put(b, call.embeddings)
+            for i in range(len(lm)):
+                with lm.block(i):
+                    for name, module in lm.block_names(i).items():
+                        if name in configs:
+                            module.weight.copy_(fake_quantize_weight(module, configs[name]))
+                    for b, call in enumerate(calls):
+                        hidden.put(b, lm.run_block(i, hidden.get(b), call))
+        yield hidden
+    finally:
+        for name in changed:  # the stored values back: no second copy of a resident matrix
+            lm.reload(name)
+        hidden.close()
+
+
 @torch.no_grad()
 def streamed_logits(lm: StreamedCausalLM, batches: Sequence[Batch],
                     configs: Mapping[str, QuantConfig] | None = None,
                     hidden: HiddenStates | None = None) -> list[torch.Tensor]:
     """Each batch's logits with the layers in `configs` at Q(W) (round-to-nearest)."""
-    configs = dict(configs or {})
-    unknown = [n for n in configs if n not in (EMBEDDING, HEAD) and lm.block_of(n) is None]
-    if unknown or (lm.tied and HEAD in configs):
-        raise ValueError(f"not layers of the streamed model: {', '.join(unknown or [HEAD])}")
-    resident = {EMBEDDING: lm.decoder.embed_tokens, HEAD: lm.model.lm_head}
-    store = hidden if hidden is not None else HiddenStates()
-    changed = []
-    try:
-        for name in (n for n in configs if n in resident):  # in place (a tied head follows)
-            changed.append(name)
-            resident[name].weight.copy_(fake_quantize_weight(resident[name], configs[name]))
-        calls = [lm.block_calls(b) for b in batches]
-        for b, call in enumerate(calls):
-            store.put(b, call.embeddings)
-        for i in range(len(lm)):
-            with lm.block(i):
-                for name, module in lm.block_names(i).items():
-                    if name in configs:
-                        module.weight.copy_(fake_quantize_weight(module, configs[name]))
-                for b, call in enumerate(calls):
-                    store.put(b, lm.run_block(i, store.get(b), call))
-        return [lm.head(store.get(b)) for b in range(len(batches))]
-    finally:
-        for name in changed:  # the stored values back: no second copy of a resident matrix
-            lm.reload(name)
-        store.close()
+    with _last_hidden(lm, batches, configs or {}, hidden if hidden is not None else HiddenStates()) as last:
+        return [lm.head(last.get(b)) for b in range(len(batches))]
 
 
 class StreamedEvaluation:
     """The family's quality metrics on held-out `batches`, against the streamed
-    full-precision model's reference (computed once)."""
+    full-precision model's reference (computed once). Logits are made one batch at a
+    time from the last hidden states (an LLM's are tokens × vocabulary floats each)."""
 
     def __init__(self, lm: StreamedCausalLM, batches: Sequence[Batch], hidden_budget: int | None = None):
         self.lm, self.batches, self.hidden_budget = lm, list(batches), hidden_budget
-        self.reference = [reference_of(z) for z in
-                          streamed_logits(lm, self.batches, hidden=HiddenStates(hidden_budget))]
+        with torch.no_grad(), _last_hidden(lm, self.batches, {}, HiddenStates(hidden_budget)) as last:
+            self.reference = [reference_of(lm.head(last.get(b))) for b in range(len(self.batches))]
 
     def __call__(self, configs: Mapping[str, QuantConfig] | None = None) -> dict[str, float]:
-        logits = streamed_logits(self.lm, self.batches, configs, hidden=HiddenStates(self.hidden_budget))
-        return lm_quality(self.batches, logits, self.reference)
+        n = len(self.batches)
+        with torch.no_grad(), _last_hidden(self.lm, self.batches, configs or {},
+                                           HiddenStates(self.hidden_budget)) as last:
+            return lm_quality(self.batches, (self.lm.head(last.get(b)) for b in range(n)), self.reference)
