@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_shard_costs_that_shard_only(one_worker, cluster):
 
 def test_empirical_layers_split_over_two_workers_give_the_same_table(cluster):
     """`empirical`: a shard per layer (RTN), in rounds of 8 layers."""
-    spec = {**JOB, "method": "empirical", "method_params": {}}
+    spec = {**JOB, "method": "empirical", "method_params": {}, "weight_bits": [3, 8]}  # 2 widths: time
     with worker(cluster.tmp, cluster.env, name="worker-a"):
         _, alone = cluster.run(spec=spec)
     with worker(cluster.tmp, cluster.env, name="worker-a"), \
