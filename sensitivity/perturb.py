@@ -69,10 +69,14 @@ class Perturbation:
             if self.modules[i].max_norm is not None:
                 raise ValueError(f"{self.names[i]}: embeddings with max_norm are not supported")
         handles = [self.modules[i].register_forward_pre_hook(partial(record, i)) for i in indices]
+        streamed = self.bundle.streamed
         try:
             with torch.no_grad():
                 for batch in self.bundle.calibration:
-                    self.bundle.forward(self.bundle.model, batch)
+                    if streamed is not None:  # the lookup and the decoder's preamble, no block
+                        streamed.lm.block_calls(batch)
+                    else:
+                        self.bundle.forward(self.bundle.model, batch)
         finally:
             for h in handles:
                 h.remove()
