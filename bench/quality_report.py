@@ -86,12 +86,12 @@ LLM_NOTES = """\
   error spread over every direction barely meets.
 - `lrp` (AttnLRP) is the weakest method on this model (77.8 at 4 bits, 35.7 at 5), and close
   to random below 4 bits.
-- `interlayer` is not in this run: its Hessian pair terms hold every layer's ΔW at every width
-  (seven times the model) beside the quantized-weight provider's own copies, 17 GB here, and
-  under this session's load took 2.5 s a pair HVP (86 more minutes), so the run was stopped at
-  pair 64 of 211. The previous run (commit 3918340, same settings: two sequences, neighbour
-  pairs) measured 3,772 at 3 bits, 106.4 at 3.5, 54.74 at 4, 31.22 at 5: within a few per cent
-  of `fisher`."""
+- `interlayer` (two calibration sequences, pairs of neighbours: 210 pairs, 2,940 pair HVPs) is
+  close to `fisher` and behind `empirical` below 5 bits: 3,086 at 3 bits (`fisher` 3,505,
+  `empirical` 630.7), 113.4 at 3.5 (103.7, 89.65), 54.13 at 4 (56.24, 48.91), 31.08 at 5
+  (30.82, 31.87); at 2.5 bits 3.9e5 (2.0e5). Its table took 58 minutes on a core shared with
+  other jobs' runs; the process peaked at 4.1 GB (the pair terms now hold the ΔW of the
+  window's layers only; they held every layer's at every width, 17 GB, before)."""
 
 
 def q(entry: dict, metric: str) -> float | None:
