@@ -21,8 +21,7 @@ agreement with them.
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +36,7 @@ from sensitivity.models import smollm2
 from sensitivity.models.family import ModelRequest
 from sensitivity.models.hf import load_hf_tokenizer
 from sensitivity.models.lm_loading import gguf_folder, load_hf_causal_lm
+from sensitivity.models.lm_metrics import lm_quality, predicted, reference_of
 from sensitivity.models.text_data import (
     MAX_TEXT_CALIBRATION,
     MAX_TEXT_EVALUATION,
@@ -304,47 +304,6 @@ def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits
 
 
-def _predicted(batch: Batch) -> torch.Tensor:
-    """(B, T-1) 0/1: positions t whose next token is a real token."""
-    mask = batch["attention_mask"]
-    return mask[:, :-1] * mask[:, 1:]
-
-
-def next_token_nll(logp: torch.Tensor, batch: Batch) -> tuple[float, int]:
-    """(Σ −log p(next token), number of predicted tokens) over the real positions, from
-    next-token log-probabilities (B, T, V)."""
-    nll = -logp[:, :-1].gather(-1, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
-    keep = _predicted(batch).double()
-    return float((nll.double() * keep).sum()), int(keep.sum())
-
-
-def reference_of(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full-precision reference of one batch: next-token log-probabilities in fp16
-    (the full-precision model's own KL to them is ~1e-6) and the exact top-1 tokens."""
-    logits = logits.float()
-    return F.log_softmax(logits, -1).half(), logits.argmax(-1)
-
-
-def lm_quality(batches: Sequence[Batch], logits: Iterable[torch.Tensor],
-               references: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """Perplexity, mean KL to the reference and top-1 agreement (%) of a model's logits
-    on `batches` (one tensor per batch), over their real tokens."""
-    nll = kl = agree = 0.0
-    predicted = real = 0
-    for b, z, (ref, ref_top) in zip(batches, logits, references):
-        logp = F.log_softmax(z.float(), -1)
-        s, n = next_token_nll(logp, b)
-        nll, predicted = nll + s, predicted + n
-        mask = b["attention_mask"].bool()
-        ref_logp = ref.float()
-        per = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-        kl += float(per[mask].double().sum())
-        agree += float((logp.argmax(-1) == ref_top)[mask].sum())
-        real += int(mask.sum())
-    return {"perplexity": math.exp(nll / max(predicted, 1)), "kl_to_fp": kl / max(real, 1),
-            "top1_agreement": 100 * agree / max(real, 1)}
-
-
 def causal_lm_bundle(name: str, model: nn.Module, calibration: Sequence[Batch],
                      evaluation: Sequence[Batch], *, description: str, info: dict | None = None,
                      cache_salt: str = "", tokenizer=None) -> ModelBundle:
@@ -412,7 +371,7 @@ def lm_facts(model: nn.Module, calibration: Sequence[Batch], evaluation: Sequenc
             "calibration_tokens": sum(int(b["attention_mask"].sum()) for b in calibration),
             "evaluation_sequences": sum(int(b["input_ids"].shape[0]) for b in evaluation),
             "evaluation_tokens": sum(int(b["attention_mask"].sum()) for b in evaluation),
-            "evaluation_predicted_tokens": sum(int(_predicted(b).sum()) for b in evaluation),
+            "evaluation_predicted_tokens": sum(int(predicted(b).sum()) for b in evaluation),
             "model_class": type(model).__name__,
             "blocks": int(getattr(model.config, "num_hidden_layers", 0)
                           or getattr(model.config, "n_layer", 0)),

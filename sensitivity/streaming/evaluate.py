@@ -21,7 +21,7 @@ import torch
 from kernels.fake_quant import fake_quantize_weight
 from kernels.scheme import QuantConfig
 from sensitivity.bundle import Batch
-from sensitivity.models.causal_lm import lm_quality, reference_of
+from sensitivity.models.lm_metrics import lm_quality, reference_of
 from sensitivity.streaming.gauss_newton import EMBEDDING, HEAD
 from sensitivity.streaming.hidden import HiddenStates
 from sensitivity.streaming.skeleton import StreamedCausalLM
