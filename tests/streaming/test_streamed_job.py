@@ -68,7 +68,9 @@ def _same_job(whole, streamed):
 @pytest.mark.parametrize("method", ["fisher", "empirical"])
 def test_a_job_over_the_memory_budget_streams_and_equals_the_whole_model(folder, data, tmp_path,
                                                                           monkeypatch, method):
-    params = {"max_probes": 16} if method == "fisher" else {}
+    # the probe block given: under this tight budget the streamed engine's own choice would
+    # be a smaller block (`probe_bytes`), another probe stream than the whole model's
+    params = {"max_probes": 16, "block": 8} if method == "fisher" else {}
     monkeypatch.delenv(ENV, raising=False)
     whole = _job(folder, data, tmp_path, "whole", method=method, method_params=params)
     source = ModelSource("llama8", "hf", "llama", folder)
